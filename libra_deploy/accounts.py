@@ -1,0 +1,75 @@
+"""Organisations, users and projects: what operators create and what every request is scoped to."""
+
+from __future__ import annotations
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from libra_deploy import domains
+from libra_deploy.errors import Conflict, InvalidInput, NotFound
+from libra_deploy.models import Organization, Project, User
+
+
+def _name(value: str, what: str) -> str:
+    value = value.strip()
+    if not value or len(value) > 200 or any(ord(c) < 0x20 for c in value):
+        raise InvalidInput(f"{what} must be 1 to 200 printable characters", details={"field": "name"})
+    return value
+
+
+def create_organization(session: Session, name: str) -> Organization:
+    org = Organization(name=_name(name, "an organisation name"))
+    session.add(org)
+    session.flush()
+    return org
+
+
+def get_organization(session: Session, org_id: str) -> Organization:
+    org = session.get(Organization, org_id)
+    if org is None:
+        raise NotFound(f"organisation {org_id} does not exist", code="ORG_NOT_FOUND")
+    return org
+
+
+def create_user(session: Session, org_id: str, email: str) -> User:
+    get_organization(session, org_id)
+    email = email.strip().lower()
+    local, _, host = email.partition("@")
+    if not local or "." not in host or len(email) > 320 or any(c.isspace() for c in email):
+        raise InvalidInput(f"{email!r} is not an email address", details={"field": "email"})
+    if session.scalars(select(User.id).where(User.email == email)).first():
+        raise Conflict(f"a user with email {email} exists already", code="USER_EXISTS")
+    user = User(org_id=org_id, email=email)
+    session.add(user)
+    session.flush()
+    return user
+
+
+def create_project(
+    session: Session, org_id: str, name: str, *, template: str | None = None, custom_domain: str | None = None
+) -> Project:
+    get_organization(session, org_id)
+    domain = domains.normalize(custom_domain) if custom_domain else None
+    if domain:
+        domains.ensure_available(session, domain, project_id=None)
+    project = Project(
+        org_id=org_id, name=_name(name, "a project name"), template=template, custom_domain=domain
+    )
+    session.add(project)
+    try:
+        session.flush()
+    except IntegrityError:
+        # The caller's transaction is rolled back as this error leaves it.
+        raise domains.domain_taken(domain or "") from None
+    return project
+
+
+def get_project(session: Session, org_id: str, project_id: str) -> Project:
+    """The project, if it belongs to the organisation. Another organisation's project is 404."""
+    project = session.get(Project, project_id)
+    if project is None or project.org_id != org_id:
+        raise NotFound(
+            "The specified project does not exist or you do not have access to it", code="PROJECT_NOT_FOUND"
+        )
+    return project

@@ -1,0 +1,1 @@
+"""One module per external system; each implements a port of :mod:`libra_deploy.ports`."""

@@ -1,0 +1,102 @@
+"""Operator commands: create organisations, users, tokens and projects.
+
+Each prints the one thing it creates on stdout (so ``ORG=$(libra-deploy orgs create acme)`` works)
+and explains itself on stderr.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import click
+from sqlalchemy.orm import Session
+
+from libra_deploy import accounts, auth, migrate
+from libra_deploy.config import Settings
+from libra_deploy.db import make_engine, make_sessionmaker, transaction
+
+
+@contextmanager
+def database() -> Iterator[Session]:
+    """A transaction on DATABASE_URL; the embedded SQLite database is created or upgraded first."""
+    settings = Settings.from_env()
+    if settings.is_embedded_database:
+        migrate.upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    try:
+        with transaction(make_sessionmaker(engine)) as session:
+            yield session
+    finally:
+        engine.dispose()
+
+
+@click.group()
+def orgs() -> None:
+    """Organisations."""
+
+
+@orgs.command("create")
+@click.argument("name")
+def create_org(name: str) -> None:
+    """Create an organisation; print its id."""
+    with database() as session:
+        org = accounts.create_organization(session, name)
+    click.echo(f"created organisation {org.name}", err=True)
+    click.echo(org.id)
+
+
+@click.group()
+def users() -> None:
+    """Users of an organisation."""
+
+
+@users.command("create")
+@click.option("--org", "org_id", required=True, help="Organisation id (as printed by orgs create)")
+@click.argument("email")
+def create_user(org_id: str, email: str) -> None:
+    """Create a user in an organisation; print its id."""
+    with database() as session:
+        user = accounts.create_user(session, org_id, email)
+    click.echo(f"created user {user.email} in {org_id}", err=True)
+    click.echo(user.id)
+
+
+@click.group()
+def tokens() -> None:
+    """API tokens (Bearer credentials)."""
+
+
+@tokens.command("create")
+@click.option("--org", "org_id", required=True, help="Organisation id")
+@click.option("--user", "user_id", required=True, help="User id (as printed by users create)")
+@click.option("--name", default="", help="A label to recognise the token by")
+def create_token(org_id: str, user_id: str, name: str) -> None:
+    """Create an API token for a user; print the token (it is shown only this once)."""
+    with database() as session:
+        row, token = auth.create_token(session, org_id=org_id, user_id=user_id, name=name)
+    click.echo(f"created token {row.id} for {user_id}; store it now, it cannot be shown again", err=True)
+    click.echo(token)
+
+
+@click.group()
+def projects() -> None:
+    """Projects of an organisation."""
+
+
+@projects.command("create")
+@click.option("--org", "org_id", required=True, help="Organisation id")
+@click.option("--template", default=None, help="A template shipped with the service")
+@click.option("--domain", "custom_domain", default=None, help="A custom domain to attach")
+@click.argument("name")
+def create_project(org_id: str, name: str, template: str | None, custom_domain: str | None) -> None:
+    """Create a project; print its id."""
+    with database() as session:
+        project = accounts.create_project(
+            session, org_id, name, template=template, custom_domain=custom_domain
+        )
+    click.echo(f"created project {project.name} in {org_id}", err=True)
+    click.echo(project.id)
+
+
+COMMANDS = (orgs, users, tokens, projects)

@@ -1,0 +1,180 @@
+"""Deployment use cases called by the API: start one, and describe one.
+
+Functions here flush but never commit: the caller owns the transaction, and enqueues the pipeline
+only after its commit (so a worker can never pick up a deployment that is not in the database yet).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+from sqlalchemy import select
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from libra_deploy import accounts, domains
+from libra_deploy.auth import Principal
+from libra_deploy.config import Settings
+from libra_deploy.db import utcnow
+from libra_deploy.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge
+from libra_deploy.models import (
+    Deployment,
+    DeploymentLog,
+    DeploymentStep,
+    ProjectStatus,
+)
+from libra_deploy.ports import ObjectStore
+from libra_deploy.sources import IncomingFile, blob_key, decode_init_files
+from libra_deploy.steps import STEPS
+
+
+@dataclass(frozen=True)
+class DeployRequest:
+    """POST /deploy after schema validation (shapes and types are already right)."""
+
+    project_id: str
+    org_id: str | None = None
+    user_id: str | None = None
+    custom_domain: str | None = None
+    init_files: Sequence[Mapping[str, Any]] = ()
+    replace_files: bool = False
+    history_messages: Sequence[Mapping[str, Any]] = ()
+
+
+def check_history(messages: Sequence[Mapping[str, Any]], settings: Settings) -> list[dict[str, str]]:
+    if len(messages) > settings.max_history_messages:
+        raise PayloadTooLarge(
+            f"historyMessages holds {len(messages)} messages; the limit MAX_HISTORY_MESSAGES is "
+            f"{settings.max_history_messages}",
+            details={"limit": "MAX_HISTORY_MESSAGES", "value": settings.max_history_messages},
+        )
+    checked = []
+    for index, message in enumerate(messages):
+        content = str(message["content"])
+        if len(content.encode()) > settings.max_history_message_bytes:
+            raise PayloadTooLarge(
+                f"historyMessages[{index}] is larger than MAX_HISTORY_MESSAGE_BYTES "
+                f"({settings.max_history_message_bytes} bytes)",
+                details={"limit": "MAX_HISTORY_MESSAGE_BYTES", "value": settings.max_history_message_bytes},
+            )
+        checked.append({"role": str(message["role"]), "content": content})
+    return checked
+
+
+def start_deployment(
+    session: Session, settings: Settings, store: ObjectStore, principal: Principal, request: DeployRequest
+) -> Deployment:
+    """Record a new queued deployment and store its uploaded files. The caller commits, then enqueues."""
+    if request.org_id is not None and request.org_id != principal.org_id:
+        raise Forbidden("orgId does not match the organisation of your credentials", code="ORG_MISMATCH")
+    if request.user_id is not None and request.user_id != principal.user_id:
+        raise Forbidden("userId does not match the user of your credentials", code="USER_MISMATCH")
+    files = decode_init_files(request.init_files, settings)
+    history = check_history(request.history_messages, settings)
+    domain = domains.normalize(request.custom_domain) if request.custom_domain else None
+
+    project = accounts.get_project(session, principal.org_id, request.project_id)
+    if not project.is_active:
+        raise InvalidInput(f"project {project.id} is not active", code="PROJECT_INACTIVE")
+    if domain is not None:
+        domains.ensure_available(session, domain, project_id=project.id)
+
+    deployment = Deployment(
+        project_id=project.id,
+        org_id=principal.org_id,
+        user_id=principal.user_id,
+        custom_domain=domain,
+        request={
+            "files": {
+                f.path: None if f.data is None else {"sha256": f.sha256, "size": len(f.data)} for f in files
+            },
+            "replaceFiles": request.replace_files,
+        },
+        history_messages=history,
+    )
+    deployment.steps = [DeploymentStep(step=name, position=i) for i, name in enumerate(STEPS)]
+    session.add(deployment)
+    try:
+        # The partial unique index on active deployments decides races between concurrent POSTs.
+        session.flush()
+    except IntegrityError:
+        # The caller's transaction is rolled back as this error leaves it.
+        raise deployment_in_progress(request.project_id) from None
+    project.deployment_status = ProjectStatus.PREPARING
+    session.add(DeploymentLog(deployment_id=deployment.id, message="Deployment queued"))
+    _store_blobs(store, files)
+    session.flush()
+    return deployment
+
+
+def deployment_in_progress(project_id: str) -> Conflict:
+    return Conflict(
+        "Cannot start new deployment. Project has a deployment queued or running; "
+        "wait for it to complete or cancel it.",
+        code="DEPLOYMENT_IN_PROGRESS",
+        details={"projectId": project_id},
+    )
+
+
+def _store_blobs(store: ObjectStore, files: Sequence[IncomingFile]) -> None:
+    blobs = {f.sha256: f.data for f in files if f.data is not None and f.sha256}
+    for key in store.missing(blob_key(sha) for sha in blobs):
+        sha = key.removeprefix("blobs/")
+        store.put(key, blobs[sha])
+
+
+def get_deployment(session: Session, org_id: str, deployment_id: str) -> Deployment:
+    """The deployment, if it belongs to the organisation. Another organisation's deployment is 404."""
+    deployment = session.get(Deployment, deployment_id)
+    if deployment is None or deployment.org_id != org_id:
+        raise NotFound(f"deployment {deployment_id} does not exist", code="DEPLOYMENT_NOT_FOUND")
+    return deployment
+
+
+def _iso(value: datetime | None) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def status_body(session: Session, settings: Settings, deployment: Deployment) -> dict[str, Any]:
+    """The seed's /deploy-status body, from the recorded steps and the newest log lines."""
+    steps: dict[str, dict[str, Any]] = {}
+    for step in deployment.steps:
+        entry: dict[str, Any] = {"status": step.status}
+        stamp = step.finished_at or step.started_at
+        if stamp:
+            entry["timestamp"] = _iso(stamp)
+        if step.attempts:
+            entry["attempts"] = step.attempts
+        if step.error:
+            entry["error"] = step.error
+        steps[step.step] = entry
+    lines = session.scalars(
+        select(DeploymentLog.message)
+        .where(DeploymentLog.deployment_id == deployment.id)
+        .order_by(DeploymentLog.id.desc())
+        .limit(settings.status_log_lines)
+    ).all()
+    body: dict[str, Any] = {
+        "deploymentId": deployment.id,
+        "projectId": deployment.project_id,
+        "status": deployment.status,
+        "currentStep": deployment.current_step,
+        "progress": deployment.progress,
+        "steps": steps,
+        "logs": list(reversed(lines)),
+        "createdAt": _iso(deployment.created_at),
+        "startedAt": _iso(deployment.started_at),
+        "finishedAt": _iso(deployment.finished_at),
+        "timestamp": _iso(utcnow()),
+    }
+    if deployment.error_message:
+        body["error"] = deployment.error_message
+        body["errorCode"] = deployment.error_code
+    if deployment.url:
+        body["url"] = deployment.url
+    if deployment.custom_domain:
+        body["customDomain"] = deployment.custom_domain
+    return body

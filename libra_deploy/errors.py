@@ -1,0 +1,152 @@
+"""The service's errors: each carries a stable code and says whether trying again can help.
+
+The web layer maps the request errors to HTTP statuses in one place (``web/errors.py``); the task
+layer retries a :class:`StepError` only when ``retryable`` is true. Messages are for people: they
+name the thing that is wrong and never carry a secret (see :mod:`libra_deploy.redact`).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from libra_deploy.redact import redact_text
+
+
+class LibraError(Exception):
+    """Base of every error the service raises on purpose."""
+
+    code = "INTERNAL_ERROR"
+    retryable = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        code: str | None = None,
+        retryable: bool | None = None,
+        details: Any = None,
+    ) -> None:
+        message = redact_text(message)
+        super().__init__(message)
+        self.message = message
+        if code is not None:
+            self.code = code
+        if retryable is not None:
+            self.retryable = retryable
+        self.details = details
+
+    def __str__(self) -> str:
+        return self.message
+
+
+class ConfigError(LibraError):
+    """A setting is missing or malformed; the process cannot start."""
+
+    code = "CONFIG_ERROR"
+
+    def __init__(self, setting: str, problem: str, value: str | None = None) -> None:
+        shown = f" (got {redact_text(value)!r})" if value is not None else ""
+        super().__init__(f"configuration error: {setting} {problem}{shown}")
+        self.setting = setting
+
+
+# Request errors: raised while handling an API call or an operator command. ----------------------
+
+
+class InvalidInput(LibraError):
+    """The request is malformed; ``details`` says which field and why."""
+
+    code = "VALIDATION_ERROR"
+
+
+class PayloadTooLarge(LibraError):
+    """The request exceeds one of the input limits; the message names the limit."""
+
+    code = "PAYLOAD_TOO_LARGE"
+
+
+class Unauthorized(LibraError):
+    code = "UNAUTHORIZED"
+
+
+class Forbidden(LibraError):
+    code = "FORBIDDEN"
+
+
+class NotFound(LibraError):
+    code = "NOT_FOUND"
+
+
+class Conflict(LibraError):
+    code = "CONFLICT"
+
+
+class TooManyRequests(LibraError):
+    """A rate limit, a cap or a quota is exhausted; ``retry_after`` is in seconds."""
+
+    code = "RATE_LIMITED"
+
+    def __init__(
+        self, message: str, *, retry_after: int, code: str | None = None, details: Any = None
+    ) -> None:
+        super().__init__(message, code=code, details=details)
+        self.retry_after = retry_after
+
+
+class ServiceUnavailable(LibraError):
+    code = "SERVICE_UNAVAILABLE"
+    retryable = True
+
+
+# Pipeline errors: raised by a step or an adapter while a deployment runs. -----------------------
+
+
+class StepError(LibraError):
+    """A step could not do its job. Permanent unless ``retryable`` says otherwise."""
+
+    code = "DEPLOYMENT_STEP_FAILED"
+
+
+class ProviderError(StepError):
+    """An external system (sandbox provider, deploy target, object store) failed.
+
+    Adapters raise it instead of their SDK's exceptions and decide ``retryable``: rate limits,
+    5xx answers, timeouts and refused connections are worth another attempt; authentication,
+    permission and bad-request answers are not.
+    """
+
+    code = "PROVIDER_ERROR"
+
+
+class BuildFailed(StepError):
+    """The project's own build failed (non-zero exit): retrying the same source cannot help."""
+
+    code = "BUILD_FAILED"
+
+
+class DeploymentTimeout(StepError):
+    """A step ran past its deadline; the work was stopped."""
+
+    code = "DEPLOYMENT_TIMEOUT"
+
+
+def as_step_error(exc: BaseException) -> StepError:
+    """Turn any exception raised while a step ran into a StepError that says whether to retry.
+
+    Errors of ours keep their code and retryability. Of the rest, lost connections (to the
+    database, the broker or a provider) are worth another attempt; anything else is a defect of
+    the service, reported as INTERNAL_ERROR without its internals.
+    """
+    if isinstance(exc, StepError):
+        return exc
+    if isinstance(exc, LibraError):
+        return StepError(exc.message, code=exc.code, retryable=exc.retryable)
+    from sqlalchemy.exc import DBAPIError, OperationalError
+
+    if isinstance(exc, OperationalError) or (isinstance(exc, DBAPIError) and exc.connection_invalidated):
+        return StepError("the database connection was lost", code="DATABASE_UNAVAILABLE", retryable=True)
+    if isinstance(exc, ConnectionError | TimeoutError):
+        return StepError(
+            f"a connection failed: {type(exc).__name__}", code="CONNECTION_FAILED", retryable=True
+        )
+    return StepError(f"internal error ({type(exc).__name__})", code="INTERNAL_ERROR")

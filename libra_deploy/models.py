@@ -1,0 +1,237 @@
+"""The data model. The database is the source of truth for every deployment and its steps.
+
+Ids are prefixed ULIDs (``dep_01J…``): unguessable, sortable by creation time, and obvious about
+what they name when they turn up in a log line or a support ticket.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime
+from enum import StrEnum
+from typing import Any
+
+from sqlalchemy import (
+    JSON,
+    BigInteger,
+    Boolean,
+    ForeignKey,
+    Index,
+    Integer,
+    String,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.orm import Mapped, mapped_column, relationship
+from ulid import ULID
+
+from libra_deploy.db import Base, UTCDateTime, utcnow
+
+# SQLite only auto-increments an INTEGER PRIMARY KEY; PostgreSQL gets a 64-bit identity.
+AutoId = BigInteger().with_variant(Integer(), "sqlite")
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{str(ULID()).lower()}"
+
+
+class DeploymentStatus(StrEnum):
+    QUEUED = "queued"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    CANCELLED = "cancelled"
+
+
+ACTIVE_STATUSES = (DeploymentStatus.QUEUED, DeploymentStatus.IN_PROGRESS)
+FINISHED_STATUSES = (DeploymentStatus.COMPLETED, DeploymentStatus.FAILED, DeploymentStatus.CANCELLED)
+
+
+class StepStatus(StrEnum):
+    PENDING = "pending"
+    IN_PROGRESS = "in_progress"
+    COMPLETED = "completed"
+    FAILED = "failed"
+    SKIPPED = "skipped"
+
+
+class ProjectStatus(StrEnum):
+    """``projects.deployment_status``, kept for clients of the original service."""
+
+    IDLE = "idle"
+    PREPARING = "preparing"
+    DEPLOYING = "deploying"
+    DEPLOYED = "deployed"
+    FAILED = "failed"
+
+
+class Organization(Base):
+    __tablename__ = "organizations"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("org"))
+    name: Mapped[str] = mapped_column(String(200))
+    plan: Mapped[str] = mapped_column(String(40), default="free")
+    #: Deployments allowed per calendar month; NULL means the service default (DEFAULT_DEPLOY_QUOTA).
+    deploy_quota: Mapped[int | None] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class User(Base):
+    __tablename__ = "users"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("usr"))
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    email: Mapped[str] = mapped_column(String(320), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class ApiToken(Base):
+    """A Bearer token. Only its SHA-256 is stored; the token itself is shown once, at creation."""
+
+    __tablename__ = "api_tokens"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("tok"))
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    token_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    name: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class Project(Base):
+    __tablename__ = "projects"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("prj"))
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    name: Mapped[str] = mapped_column(String(200))
+    template: Mapped[str | None] = mapped_column(String(100))
+    #: Normalised host name (IDNA ASCII, lower case). Unique across every organisation.
+    custom_domain: Mapped[str | None] = mapped_column(String(253), unique=True)
+    is_active: Mapped[bool] = mapped_column(Boolean, default=True)
+    deployment_status: Mapped[str] = mapped_column(String(20), default=ProjectStatus.IDLE)
+    production_deploy_url: Mapped[str | None] = mapped_column(String(2048))
+    #: The deployment the site serves. Not a foreign key: deployments reference projects already,
+    #: and retention may remove old deployment rows while the pointer moves on.
+    production_deployment_id: Mapped[str | None] = mapped_column(String(40))
+    #: The project's stored files: {path: {"sha256": hex, "size": bytes}}; blobs live in the object store.
+    source_manifest: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+
+class Deployment(Base):
+    __tablename__ = "deployments"
+    __table_args__ = (
+        # At most one queued or running deployment per project. The database enforces it, so two
+        # concurrent POSTs cannot both pass a check-then-insert race: the second INSERT fails.
+        Index(
+            "uq_deployments_active_project",
+            "project_id",
+            unique=True,
+            postgresql_where=text("status IN ('queued', 'in_progress')"),
+            sqlite_where=text("status IN ('queued', 'in_progress')"),
+        ),
+        Index("ix_deployments_project_id_created_at", "project_id", "created_at"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("dep"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str | None] = mapped_column(ForeignKey("users.id", ondelete="SET NULL"))
+    status: Mapped[str] = mapped_column(String(20), default=DeploymentStatus.QUEUED, index=True)
+    current_step: Mapped[str | None] = mapped_column(String(20))
+    progress: Mapped[int] = mapped_column(Integer, default=0)
+    error_code: Mapped[str | None] = mapped_column(String(60))
+    error_message: Mapped[str | None] = mapped_column(Text)
+    custom_domain: Mapped[str | None] = mapped_column(String(253))
+    url: Mapped[str | None] = mapped_column(String(2048))
+    #: What the client asked for, minus file contents:
+    #: {"files": {path: {"sha256", "size"} | None (delete)}, "replaceFiles": bool}.
+    request: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    history_messages: Mapped[list[dict[str, Any]]] = mapped_column(JSON, default=list)
+    #: The assembled source tree (sync) and the build output (build): {path: {"sha256", "size"}}.
+    source_manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    output_manifest: Mapped[dict[str, Any] | None] = mapped_column(JSON)
+    sandbox_provider: Mapped[str | None] = mapped_column(String(40))
+    sandbox_id: Mapped[str | None] = mapped_column(String(200))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Refreshed while a worker runs a step; a stale heartbeat means the worker was lost.
+    heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
+
+    steps: Mapped[list[DeploymentStep]] = relationship(
+        back_populates="deployment", order_by="DeploymentStep.position", cascade="all, delete-orphan"
+    )
+
+
+class DeploymentStep(Base):
+    __tablename__ = "deployment_steps"
+
+    deployment_id: Mapped[str] = mapped_column(
+        ForeignKey("deployments.id", ondelete="CASCADE"), primary_key=True
+    )
+    step: Mapped[str] = mapped_column(String(20), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer)
+    status: Mapped[str] = mapped_column(String(20), default=StepStatus.PENDING)
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    error: Mapped[str | None] = mapped_column(Text)
+
+    deployment: Mapped[Deployment] = relationship(back_populates="steps")
+
+
+class DeploymentLog(Base):
+    """Short log lines per deployment: what /deploy-status shows and live logs stream."""
+
+    __tablename__ = "deployment_logs"
+    __table_args__ = (Index("ix_deployment_logs_deployment_id_id", "deployment_id", "id"),)
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    step: Mapped[str | None] = mapped_column(String(20))
+    level: Mapped[str] = mapped_column(String(10), default="info")
+    message: Mapped[str] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class QuotaLedger(Base):
+    """One row per (deployment, kind): a reservation, a consumption or a release happens once."""
+
+    __tablename__ = "quota_ledger"
+    __table_args__ = (
+        UniqueConstraint("deployment_id", "kind"),
+        Index("ix_quota_ledger_org_period", "org_id", "period"),
+    )
+
+    id: Mapped[int] = mapped_column(AutoId, primary_key=True, autoincrement=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    #: reserve | consume | release
+    kind: Mapped[str] = mapped_column(String(10))
+    #: The calendar month the unit counts against, "YYYY-MM" (UTC).
+    period: Mapped[str] = mapped_column(String(7))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class DeadLetter(Base):
+    """A record of every message sent to the dead-letter queue, and of its replays."""
+
+    __tablename__ = "dead_letters"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("dl"))
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    step: Mapped[str] = mapped_column(String(20))
+    task_name: Mapped[str] = mapped_column(String(100))
+    #: The JSON message as published to the dead-letter exchange.
+    message: Mapped[dict[str, Any]] = mapped_column(JSON)
+    error_type: Mapped[str] = mapped_column(String(100))
+    error_message: Mapped[str] = mapped_column(Text)
+    attempts: Mapped[int] = mapped_column(Integer)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    replayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    replay_count: Mapped[int] = mapped_column(Integer, default=0)

@@ -1,0 +1,44 @@
+"""The six steps of a deployment, in order, and what each one means for progress and status.
+
+Each step lives in its own module with two functions:
+
+``execute(ctx) -> result``
+    does the work (sandbox, build, upload...) without holding a database transaction;
+``record(session, deployment, project, result)``
+    writes what the work produced, inside the transaction that marks the step completed.
+
+:mod:`libra_deploy.steps.runner` runs a step around those two functions and is the one place where
+a step's state is committed.
+"""
+
+from __future__ import annotations
+
+from libra_deploy.models import ProjectStatus
+
+STEPS = ("validate", "sync", "sandbox", "build", "deploy", "cleanup")
+
+#: Percent complete once the step has finished.
+PROGRESS = {"validate": 10, "sync": 25, "sandbox": 45, "build": 70, "deploy": 90, "cleanup": 100}
+
+#: ``projects.deployment_status`` while the step runs (the original service's mapping).
+PROJECT_STATUS = {
+    "validate": ProjectStatus.PREPARING,
+    "sync": ProjectStatus.PREPARING,
+    "sandbox": ProjectStatus.DEPLOYING,
+    "build": ProjectStatus.DEPLOYING,
+    "deploy": ProjectStatus.DEPLOYING,
+    "cleanup": ProjectStatus.DEPLOYING,
+}
+
+#: Share of MAX_DEPLOYMENT_TIMEOUT each step may use. The build gets most of it; the others are
+#: bounded so that one stuck provider call cannot eat the whole budget.
+BUDGET = {"validate": 0.05, "sync": 0.2, "sandbox": 0.2, "build": 0.8, "deploy": 0.3, "cleanup": 0.1}
+
+TITLES = {
+    "validate": "Validating deployment parameters",
+    "sync": "Syncing project files",
+    "sandbox": "Creating sandbox environment",
+    "build": "Building project",
+    "deploy": "Publishing build output",
+    "cleanup": "Cleaning up",
+}

@@ -1,0 +1,53 @@
+"""A Celery worker running in threads of the current process (``libra-deploy up``)."""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+
+from celery.worker import WorkController, state
+
+from libra_deploy.runtime import Runtime
+from tasks.app import app
+from tasks.runtime import set_runtime
+
+logger = logging.getLogger(__name__)
+
+
+class EmbeddedWorker:
+    """Consumes the work queues with a threads pool; shares the caller's runtime."""
+
+    def __init__(self, runtime: Runtime, concurrency: int | None = None) -> None:
+        set_runtime(runtime)
+        app.finalize()
+        self._ready = threading.Event()
+        self._controller = WorkController(
+            app=app,
+            hostname=f"embedded@{socket.gethostname()}",
+            pool="threads",
+            concurrency=concurrency or app.conf.worker_concurrency,
+            queues=[q.name for q in app.conf.task_queues],
+            without_heartbeat=True,
+            without_mingle=True,
+            without_gossip=True,
+            ready_callback=lambda *_: self._ready.set(),
+        )
+        self._thread = threading.Thread(target=self._controller.start, name="celery-worker", daemon=True)
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        self._thread.start()
+        if not self._ready.wait(timeout_s):
+            raise RuntimeError(f"the embedded worker did not start within {timeout_s:.0f} s")
+
+    def stop(self, grace_s: float) -> None:
+        """Stop taking messages, let running steps finish for ``grace_s``, then stop them."""
+        state.should_stop = 0
+        self._thread.join(grace_s)
+        if self._thread.is_alive():
+            logger.warning(
+                "steps still running after %.0f s; stopping them (they resume on next start)", grace_s
+            )
+            state.should_terminate = 0
+            self._thread.join(grace_s)
+        state.should_stop = state.should_terminate = None

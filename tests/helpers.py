@@ -1,0 +1,95 @@
+"""Helpers shared by the tests: tenants, deploy requests, waiting for a deployment to end."""
+
+from __future__ import annotations
+
+import time
+import uuid
+from dataclasses import dataclass
+from typing import Any
+
+from libra_deploy import accounts, auth
+from libra_deploy.db import transaction
+from libra_deploy.runtime import Runtime
+
+FINISHED = ("completed", "failed", "cancelled")
+
+
+@dataclass(frozen=True)
+class Tenant:
+    org_id: str
+    user_id: str
+    token: str
+    project_id: str
+
+    @property
+    def headers(self) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.token}"}
+
+
+def make_tenant(runtime: Runtime, *, projects: int = 1) -> Tenant:
+    suffix = uuid.uuid4().hex[:8]
+    with transaction(runtime.sessions) as session:
+        org = accounts.create_organization(session, f"org-{suffix}")
+        user = accounts.create_user(session, org.id, f"user-{suffix}@example.io")
+        _row, token = auth.create_token(session, org_id=org.id, user_id=user.id)
+        project = accounts.create_project(session, org.id, f"site-{suffix}")
+    return Tenant(org.id, user.id, token, project.id)
+
+
+def new_project(runtime: Runtime, tenant: Tenant, name: str | None = None) -> str:
+    with transaction(runtime.sessions) as session:
+        return accounts.create_project(session, tenant.org_id, name or f"site-{uuid.uuid4().hex[:8]}").id
+
+
+def text_files(files: dict[str, str]) -> list[dict[str, str]]:
+    return [{"path": path, "content": content} for path, content in files.items()]
+
+
+def deploy(
+    client: Any,
+    tenant: Tenant,
+    files: dict[str, str] | None = None,
+    project_id: str | None = None,
+    **extra: Any,
+) -> str:
+    body = {"projectId": project_id or tenant.project_id, **extra}
+    if files is not None:
+        body["initFiles"] = text_files(files)
+    response = client.post("/deploy", json=body, headers=tenant.headers)
+    assert response.status_code == 202, response.get_json()
+    return response.get_json()["deploymentId"]
+
+
+def wait_for(
+    client: Any,
+    tenant: Tenant,
+    deployment_id: str,
+    *,
+    timeout: float = 60.0,
+    until: tuple[str, ...] = FINISHED,
+) -> dict[str, Any]:
+    """Poll /deploy-status until the deployment reaches one of ``until``; return the last body."""
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        response = client.get(f"/deploy-status?id={deployment_id}", headers=tenant.headers)
+        assert response.status_code == 200, response.get_json()
+        body = response.get_json()
+        if body["status"] in until:
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"deployment {deployment_id} did not reach {until} in {timeout} s: {body}")
+
+
+def wait_for_step(
+    client: Any, tenant: Tenant, deployment_id: str, step: str, status: str, *, timeout: float = 60.0
+) -> dict[str, Any]:
+    """Poll /deploy-status until ``step`` has ``status``; return the last body."""
+    deadline = time.monotonic() + timeout
+    body: dict[str, Any] = {}
+    while time.monotonic() < deadline:
+        body = client.get(f"/deploy-status?id={deployment_id}", headers=tenant.headers).get_json()
+        if body["steps"][step]["status"] == status:
+            return body
+        time.sleep(0.05)
+    raise AssertionError(f"step {step} of {deployment_id} did not reach {status} in {timeout} s: {body}")

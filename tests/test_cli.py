@@ -1,0 +1,158 @@
+"""The ``libra-deploy`` command: operator commands and the embedded default, as subprocesses."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+import requests
+
+ROOT = Path(__file__).resolve().parents[1]
+CLI = str(ROOT / ".venv" / "bin" / "libra-deploy")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture
+def embedded_env(tmp_path):
+    env = {
+        k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL", "PUBLIC_URL")
+    }
+    env.update({"LIBRA_DATA_DIR": str(tmp_path / "data"), "PORT": str(_free_port())})
+    return env
+
+
+def run(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([CLI, *args], env=env, capture_output=True, text=True, timeout=120)
+
+
+def test_operator_commands_print_only_what_they_create(embedded_env):
+    org = run(embedded_env, "orgs", "create", "Acme")
+    assert org.returncode == 0, org.stderr
+    org_id = org.stdout.strip()
+    assert org_id.startswith("org_")
+    assert "\n" not in org_id
+
+    user_id = run(embedded_env, "users", "create", "--org", org_id, "ops@acme.io").stdout.strip()
+    assert user_id.startswith("usr_")
+    token = run(embedded_env, "tokens", "create", "--org", org_id, "--user", user_id).stdout.strip()
+    assert token.startswith("ldt_")
+    project = run(embedded_env, "projects", "create", "--org", org_id, "www")
+    assert project.stdout.strip().startswith("prj_")
+    assert "created project www" in project.stderr
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (("users", "create", "--org", "org_missing", "a@b.io"), "organisation org_missing does not exist"),
+        (("tokens", "create", "--org", "org_missing", "--user", "usr_missing"), "is not a member"),
+        (("projects", "create", "--org", "org_missing", "x"), "organisation org_missing does not exist"),
+    ],
+)
+def test_operator_errors_are_one_line_and_exit_1(embedded_env, args, message):
+    result = run(embedded_env, *args)
+    assert result.returncode == 1
+    assert result.stdout == ""
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1
+    assert lines[0].startswith("libra-deploy: ")
+    assert message in lines[0]
+
+
+def _start_up(env: dict[str, str]) -> tuple[subprocess.Popen[str], str]:
+    proc = subprocess.Popen([CLI, "up"], env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    base = f"http://127.0.0.1:{env['PORT']}"
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, proc.stderr.read() if proc.stderr else ""
+        try:
+            if requests.get(f"{base}/health", timeout=1).status_code == 200:
+                return proc, base
+        except requests.RequestException:
+            time.sleep(0.2)
+    proc.kill()
+    raise AssertionError("libra-deploy up did not become healthy")
+
+
+def _stop(proc: subprocess.Popen[str]) -> tuple[int, str]:
+    proc.send_signal(signal.SIGINT)
+    _out, err = proc.communicate(timeout=60)
+    return proc.returncode, err
+
+
+@pytest.mark.slow
+def test_up_deploys_stops_on_sigint_and_keeps_its_data(embedded_env):
+    proc, base = _start_up(embedded_env)
+    try:
+        # The operator commands work beside the running service, on the same data directory.
+        org_id = run(embedded_env, "orgs", "create", "Beside").stdout.strip()
+        user_id = run(embedded_env, "users", "create", "--org", org_id, "dev@beside.io").stdout.strip()
+        token = run(embedded_env, "tokens", "create", "--org", org_id, "--user", user_id).stdout.strip()
+        project_id = run(embedded_env, "projects", "create", "--org", org_id, "site").stdout.strip()
+        headers = {"Authorization": f"Bearer {token}"}
+        files = [{"path": "index.html", "content": "<h1>embedded</h1>"}, {"path": "a.txt", "content": "a"}]
+        accepted = requests.post(
+            f"{base}/deploy", json={"projectId": project_id, "initFiles": files}, headers=headers, timeout=30
+        )
+        assert accepted.status_code == 202, accepted.text
+        deployment_id = accepted.json()["deploymentId"]
+        status = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            status = requests.get(
+                f"{base}/deploy-status", params={"id": deployment_id}, headers=headers, timeout=30
+            ).json()
+            if status["status"] in ("completed", "failed"):
+                break
+            time.sleep(0.1)
+        assert status["status"] == "completed", status
+        assert status["url"] == f"{base}/sites/{project_id}/"
+        assert requests.get(status["url"], timeout=30).text == "<h1>embedded</h1>"
+    finally:
+        code, err = _stop(proc)
+    assert code == 0, err
+    assert "libra-deploy is up" in err
+    assert "Token:" in err
+
+    proc, base = _start_up(embedded_env)
+    try:
+        again = requests.get(
+            f"{base}/deploy-status", params={"id": deployment_id}, headers=headers, timeout=30
+        )
+        assert again.status_code == 200
+        assert again.json()["status"] == "completed"
+        assert requests.get(f"{base}/sites/{project_id}/", timeout=30).text == "<h1>embedded</h1>"
+    finally:
+        code, _err = _stop(proc)
+    assert code == 0
+
+
+@pytest.mark.slow
+def test_up_prints_a_demo_token_that_works(embedded_env):
+    proc, base = _start_up(embedded_env)
+    try:
+        time.sleep(0.5)
+    finally:
+        code, err = _stop(proc)
+    assert code == 0
+    token = next(line.split()[-1] for line in err.splitlines() if "Token:" in line)
+    project = next(line.split()[-1] for line in err.splitlines() if "Project:" in line)
+    proc, base = _start_up(embedded_env)
+    try:
+        response = requests.get(
+            f"{base}/projects/{project}", headers={"Authorization": f"Bearer {token}"}, timeout=30
+        )
+        assert response.status_code == 200
+        assert response.json()["name"] == "demo-site"
+    finally:
+        _stop(proc)

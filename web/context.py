@@ -1,0 +1,31 @@
+"""Request-scoped access to the runtime, the database session and the caller."""
+
+from __future__ import annotations
+
+from flask import current_app, g
+from sqlalchemy.orm import Session
+
+from libra_deploy.auth import Principal
+from libra_deploy.runtime import Runtime
+
+
+def runtime() -> Runtime:
+    return current_app.extensions["libra_deploy"]
+
+
+def db() -> Session:
+    """The request's session, opened on first use and closed (rolled back if uncommitted) at teardown."""
+    if "db" not in g:
+        g.db = runtime().sessions()
+    return g.db
+
+
+def principal() -> Principal:
+    """The authenticated caller; views behind authentication may rely on it being set."""
+    return g.principal
+
+
+def close_db(_exc: BaseException | None = None) -> None:
+    session = g.pop("db", None)
+    if session is not None:
+        session.close()

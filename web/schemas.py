@@ -1,0 +1,174 @@
+"""Marshmallow schemas: what the API accepts and answers, and what /openapi.json documents."""
+
+from __future__ import annotations
+
+import marshmallow as ma
+from marshmallow import fields, validate
+
+
+class ErrorSchema(ma.Schema):
+    success = fields.Boolean(metadata={"example": False})
+    error = fields.String(metadata={"description": "A stable error code", "example": "PROJECT_NOT_FOUND"})
+    message = fields.String(metadata={"description": "What went wrong, for people"})
+    details = fields.Raw(metadata={"description": "Field errors or the limit that was hit"})
+    timestamp = fields.String(metadata={"example": "2026-11-28T10:30:00Z"})
+
+
+class InitFileSchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    path = fields.String(required=True, metadata={"example": "index.html"})
+    content = fields.String(metadata={"description": "The file's contents, as text or base64"})
+    encoding = fields.String(
+        load_default="utf-8", validate=validate.OneOf(["utf-8", "base64"]), metadata={"example": "utf-8"}
+    )
+    delete = fields.Boolean(load_default=False, metadata={"description": "Remove this stored file"})
+
+
+class HistoryMessageSchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    role = fields.String(required=True, validate=validate.OneOf(["user", "assistant"]))
+    content = fields.String(required=True)
+
+
+class DeployRequestSchema(ma.Schema):
+    class Meta:
+        # Clients of the original service send extra keys; they are ignored, as there.
+        unknown = ma.EXCLUDE
+
+    project_id = fields.String(
+        data_key="projectId",
+        required=True,
+        validate=validate.Length(min=1, max=100),
+        metadata={"example": "prj_01jd..."},
+    )
+    org_id = fields.String(
+        data_key="orgId", metadata={"description": "Must match the credentials when given"}
+    )
+    user_id = fields.String(
+        data_key="userId", metadata={"description": "Must match the credentials when given"}
+    )
+    custom_domain = fields.String(
+        data_key="customDomain", allow_none=True, metadata={"example": "www.example.io"}
+    )
+    init_files = fields.List(fields.Nested(InitFileSchema), data_key="initFiles", load_default=list)
+    replace_files = fields.Boolean(
+        data_key="replaceFiles",
+        load_default=False,
+        metadata={
+            "description": "Make initFiles the whole tree instead of merging them over the stored files"
+        },
+    )
+    history_messages = fields.List(
+        fields.Nested(HistoryMessageSchema), data_key="historyMessages", load_default=list
+    )
+
+
+class DeployAcceptedSchema(ma.Schema):
+    success = fields.Boolean(metadata={"example": True})
+    deploymentId = fields.String(metadata={"example": "dep_01jdq3v5y8m6c0d2rj6x1b7k9t"})
+    status = fields.String(metadata={"example": "queued"})
+    message = fields.String(metadata={"example": "Deployment queued successfully"})
+    statusUrl = fields.String(
+        metadata={"example": "http://127.0.0.1:3008/deploy-status?id=dep_01jdq3v5y8m6c0d2rj6x1b7k9t"}
+    )
+    timestamp = fields.String()
+
+
+class StatusQuerySchema(ma.Schema):
+    id = fields.String(
+        required=True, validate=validate.Length(min=1, max=100), metadata={"description": "Deployment id"}
+    )
+
+
+class StepStateSchema(ma.Schema):
+    status = fields.String(
+        validate=validate.OneOf(["pending", "in_progress", "completed", "failed", "skipped"]),
+        metadata={"example": "completed"},
+    )
+    timestamp = fields.String()
+    attempts = fields.Integer()
+    error = fields.String()
+
+
+class StepsSchema(ma.Schema):
+    validate = fields.Nested(StepStateSchema)
+    sync = fields.Nested(StepStateSchema)
+    sandbox = fields.Nested(StepStateSchema)
+    build = fields.Nested(StepStateSchema)
+    deploy = fields.Nested(StepStateSchema)
+    cleanup = fields.Nested(StepStateSchema)
+
+
+class DeploymentStatusSchema(ma.Schema):
+    deploymentId = fields.String()
+    projectId = fields.String()
+    status = fields.String(
+        validate=validate.OneOf(["queued", "in_progress", "completed", "failed", "cancelled"]),
+        metadata={"example": "in_progress"},
+    )
+    currentStep = fields.String(allow_none=True, metadata={"example": "build"})
+    progress = fields.Integer(metadata={"example": 45})
+    steps = fields.Nested(StepsSchema)
+    logs = fields.List(fields.String())
+    error = fields.String()
+    errorCode = fields.String()
+    url = fields.String(metadata={"example": "http://127.0.0.1:3008/sites/prj_01jd.../"})
+    customDomain = fields.String()
+    createdAt = fields.String(allow_none=True)
+    startedAt = fields.String(allow_none=True)
+    finishedAt = fields.String(allow_none=True)
+    timestamp = fields.String()
+
+
+class ProjectCreateSchema(ma.Schema):
+    class Meta:
+        unknown = ma.RAISE
+
+    name = fields.String(
+        required=True, validate=validate.Length(min=1, max=200), metadata={"example": "my-site"}
+    )
+    template = fields.String(allow_none=True)
+    custom_domain = fields.String(data_key="customDomain", allow_none=True)
+
+
+class ProjectSchema(ma.Schema):
+    id = fields.String()
+    orgId = fields.String(attribute="org_id")
+    name = fields.String()
+    template = fields.String(allow_none=True)
+    customDomain = fields.String(attribute="custom_domain", allow_none=True)
+    isActive = fields.Boolean(attribute="is_active")
+    deploymentStatus = fields.String(
+        attribute="deployment_status",
+        metadata={"description": "idle, preparing, deploying, deployed or failed"},
+    )
+    productionDeployUrl = fields.String(attribute="production_deploy_url", allow_none=True)
+    productionDeploymentId = fields.String(attribute="production_deployment_id", allow_none=True)
+    fileCount = fields.Function(lambda p: len(p.source_manifest or {}))
+    createdAt = fields.DateTime(attribute="created_at")
+    updatedAt = fields.DateTime(attribute="updated_at")
+
+
+class HealthSchema(ma.Schema):
+    status = fields.String(validate=validate.OneOf(["healthy", "unhealthy"]))
+    timestamp = fields.String()
+    service = fields.String()
+    version = fields.String()
+    uptime = fields.Integer(metadata={"description": "Milliseconds since the process started"})
+    checks = fields.Dict(keys=fields.String(), values=fields.String())
+
+
+class ServiceInfoSchema(ma.Schema):
+    message = fields.String()
+    service = fields.String()
+    version = fields.String()
+    status = fields.String()
+    timestamp = fields.String()
+    architecture = fields.String()
+    description = fields.String()
+    endpoints = fields.List(fields.String())
+    docs = fields.String()

@@ -77,6 +77,7 @@ worker_concurrency = _number("CELERY_WORKER_CONCURRENCY", 5)
 # Redis redelivers an unacknowledged message after the visibility timeout even if its worker is
 # still running it, so it must outlast the longest deployment by a wide margin.
 _visibility_timeout = max(3600, int(_timeout_s * 3))
+broker_transport_options: dict[str, object]
 if _amqp:
     broker_transport_options = {"confirm_publish": True}
 elif _embedded:

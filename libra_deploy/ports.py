@@ -9,10 +9,16 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
-from typing import BinaryIO, Protocol, runtime_checkable
+from typing import BinaryIO, Protocol, TypedDict, runtime_checkable
+
+
+class FileEntry(TypedDict):
+    sha256: str
+    size: int
+
 
 #: A file tree: {relative posix path: {"sha256": hex digest, "size": bytes}}.
-Manifest = dict[str, dict[str, object]]
+Manifest = dict[str, FileEntry]
 
 #: Receives one line of output at a time (no trailing newline).
 LineSink = Callable[[str], None]

@@ -72,10 +72,6 @@ class SiteAnswer:
     #: For a redirect, the path to send the client to (relative to the site root).
     location: str | None = None
 
-    @property
-    def etag(self) -> str | None:
-        return f'"{self.file.sha256[:32]}"' if self.file else None
-
 
 def resolve(target: DeployTarget, project_id: str, deployment_id: str, path: str) -> SiteAnswer:
     """Find what answers ``path`` (URL-decoded, without the leading slash) in a deployment."""

@@ -17,7 +17,7 @@ from typing import Any
 
 from libra_deploy.config import Settings
 from libra_deploy.errors import InvalidInput, PayloadTooLarge
-from libra_deploy.ports import Manifest
+from libra_deploy.ports import FileEntry, Manifest
 
 
 def blob_key(sha256: str) -> str:
@@ -137,14 +137,12 @@ def check_tree(paths: Iterable[str]) -> None:
                 )
 
 
-def merge_manifest(
-    base: Manifest, changes: Mapping[str, Mapping[str, Any] | None], *, replace: bool
-) -> Manifest:
+def merge_manifest(base: Manifest, changes: Mapping[str, FileEntry | None], *, replace: bool) -> Manifest:
     """Lay ``changes`` (path -> entry, or None to delete) over ``base`` (ignored when ``replace``)."""
     merged: Manifest = {} if replace else dict(base)
     for path, entry in changes.items():
         if entry is None:
             merged.pop(path, None)
         else:
-            merged[path] = dict(entry)
+            merged[path] = {"sha256": entry["sha256"], "size": entry["size"]}
     return dict(sorted(merged.items()))

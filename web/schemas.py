@@ -95,7 +95,8 @@ class StepStateSchema(ma.Schema):
 
 
 class StepsSchema(ma.Schema):
-    validate = fields.Nested(StepStateSchema)
+    # "validate" is a method of Schema: the field is declared under another name and keyed by data_key.
+    validate_ = fields.Nested(StepStateSchema, data_key="validate", attribute="validate")
     sync = fields.Nested(StepStateSchema)
     sandbox = fields.Nested(StepStateSchema)
     build = fields.Nested(StepStateSchema)

@@ -20,7 +20,7 @@ import tempfile
 import threading
 from functools import partial
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from libra_deploy.config import Settings
 from libra_deploy.errors import ProviderError
@@ -104,8 +104,12 @@ class LocalStaticTarget:
             return None
         blob = self._project(project_id) / "files" / str(entry["sha256"])
         return SiteFile(
-            path=path, sha256=str(entry["sha256"]), size=int(entry["size"]), open=partial(blob.open, "rb")
+            path=path, sha256=str(entry["sha256"]), size=int(entry["size"]), open=partial(_open, blob)
         )
+
+
+def _open(path: Path) -> BinaryIO:
+    return path.open("rb")
 
 
 def _atomic_write(path: Path, data: bytes) -> None:

@@ -79,7 +79,7 @@ def _collect_output(
                 stored += 1
             manifest[path] = {"sha256": sha, "size": len(data)}
         if manifest:
-            size = sum(int(e["size"]) for e in manifest.values())
+            size = sum(e["size"] for e in manifest.values())
             ctx.log(f"Build output: {directory}/ with {len(manifest)} files, {size} bytes ({stored} new)")
             return dict(sorted(manifest.items()))
     raise BuildFailed(f"the build produced no files in {', '.join(d + '/' for d in plan.output_dirs)}")

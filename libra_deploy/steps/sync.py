@@ -28,13 +28,13 @@ def execute(ctx: StepContext) -> Manifest:
         check_tree(manifest)
     except InvalidInput as exc:
         raise StepError(exc.message, code="INVALID_SOURCE_TREE") from None
-    missing = ctx.runtime.store.missing({blob_key(str(e["sha256"])) for e in manifest.values()})
+    missing = ctx.runtime.store.missing({blob_key(e["sha256"]) for e in manifest.values()})
     if missing:
         raise StepError(
             f"{len(missing)} source file(s) are missing from the object store (first: {sorted(missing)[0]})",
             code="SOURCE_MISSING",
         )
-    size = sum(int(e["size"]) for e in manifest.values())
+    size = sum(e["size"] for e in manifest.values())
     changed = sum(1 for e in changes.values() if e is not None)
     deleted = sum(1 for e in changes.values() if e is None)
     ctx.log(f"Source: {len(manifest)} files, {size} bytes ({changed} uploaded, {deleted} deleted)")

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from flask import Response, redirect, request
+from flask import redirect, request
 from flask.views import MethodView
+from werkzeug.wrappers import Response
 from werkzeug.wsgi import wrap_file
 
 from libra_deploy import sites
@@ -24,12 +25,13 @@ def serve(project_id: str, path: str) -> Response:
         return redirect(f"{request.script_root}/sites/{project_id}/{answer.location}", code=answer.status)
     if answer.file is None:
         raise NotFound(f"/{path} is not part of the site", code="FILE_NOT_FOUND")
+    etag = f'"{answer.file.sha256[:32]}"'
     headers = {
-        "ETag": answer.etag,
+        "ETag": etag,
         "Cache-Control": sites.cache_control(answer.file.path),
         "X-Content-Type-Options": "nosniff",
     }
-    if answer.status == 200 and request.if_none_match.contains(answer.etag.strip('"')):
+    if answer.status == 200 and request.if_none_match.contains(etag.strip('"')):
         return Response(status=304, headers=headers)
     body = wrap_file(request.environ, answer.file.open())
     response = Response(

@@ -32,6 +32,13 @@ def _number(name: str, default: int) -> int:
         return default
 
 
+def _seconds(name: str, default: float) -> float:
+    try:
+        return float(os.environ.get(name, "").strip() or default)
+    except ValueError:
+        return default
+
+
 _timeout_s = _number("MAX_DEPLOYMENT_TIMEOUT", 600_000) / 1000
 
 deployment_exchange = Exchange("deployment", type="direct", durable=True)
@@ -93,6 +100,21 @@ broker_connection_retry_on_startup = True
 broker_connection_timeout = 5
 worker_cancel_long_running_tasks_on_connection_loss = True
 worker_hijack_root_logger = False
+
+# The periodic jobs of libra_deploy/recovery.py, sent by `celery -A tasks beat`.
+beat_schedule_filename = str(_data_dir / "celerybeat-schedule")
+beat_schedule = {
+    "relay-outbox": {
+        "task": "maintenance.relay_outbox",
+        "schedule": _seconds("OUTBOX_RELAY_INTERVAL", 5.0),
+        "options": {"expires": _seconds("OUTBOX_RELAY_INTERVAL", 5.0)},
+    },
+    "reap": {
+        "task": "maintenance.reap",
+        "schedule": _seconds("REAPER_INTERVAL", 15.0),
+        "options": {"expires": _seconds("REAPER_INTERVAL", 15.0)},
+    },
+}
 
 # Flower. The embedded broker has no fanout exchanges, so it carries no events.
 worker_send_task_events = not _embedded

@@ -86,6 +86,16 @@ class Settings:
     max_history_message_bytes: int = 64 * 1024
     #: First retry delay of a failed step in seconds; doubled per retry, capped, with jitter.
     step_retry_base_delay_s: float = 2.0
+    #: A running step whose heartbeat is older than this lost its worker; the reaper resumes it.
+    heartbeat_timeout_s: float = 60.0
+    #: A queued deployment not picked up within this time is published again (its message was lost).
+    pickup_timeout_s: float = 60.0
+    #: How often unpublished deployments and dead letters are published (the outbox relay).
+    outbox_relay_interval_s: float = 5.0
+    #: How often the reaper looks for lost deployments.
+    reaper_interval_s: float = 15.0
+    #: How long a deployment waiting for a sandbox slot waits before asking again.
+    slot_wait_s: float = 1.0
     #: How many log lines /deploy-status returns (the newest ones).
     status_log_lines: int = 100
     extra: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
@@ -130,6 +140,11 @@ class Settings:
             "max_history_messages": _int(env, "MAX_HISTORY_MESSAGES", 500, minimum=0),
             "max_history_message_bytes": _int(env, "MAX_HISTORY_MESSAGE_BYTES", 64 * 1024, minimum=1),
             "step_retry_base_delay_s": _float(env, "STEP_RETRY_BASE_DELAY", 2.0, minimum=0.0),
+            "heartbeat_timeout_s": _float(env, "HEARTBEAT_TIMEOUT", 60.0, minimum=1.0),
+            "pickup_timeout_s": _float(env, "PICKUP_TIMEOUT", 60.0, minimum=1.0),
+            "outbox_relay_interval_s": _float(env, "OUTBOX_RELAY_INTERVAL", 5.0, minimum=0.1),
+            "reaper_interval_s": _float(env, "REAPER_INTERVAL", 15.0, minimum=0.1),
+            "slot_wait_s": _float(env, "SLOT_WAIT_INTERVAL", 1.0, minimum=0.05),
             "status_log_lines": _int(env, "STATUS_LOG_LINES", 100, minimum=1),
             "extra": dict(env),
         }
@@ -154,9 +169,9 @@ class Settings:
         return self.max_deployment_timeout_ms / 1000
 
     @property
-    def build_timeout_s(self) -> float:
-        """The build step may use most of the deployment's budget; the other steps are short."""
-        return self.deployment_timeout_s * 0.8
+    def heartbeat_interval_s(self) -> float:
+        """Heartbeats come several times per timeout, so one late write never looks like a lost worker."""
+        return min(self.heartbeat_timeout_s / 4, 10.0)
 
     def describe(self) -> dict[str, Any]:
         """Settings as shown to an operator (URLs with their passwords removed)."""

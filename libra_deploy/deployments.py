@@ -23,8 +23,11 @@ from libra_deploy.errors import Conflict, Forbidden, InvalidInput, NotFound, Pay
 from libra_deploy.models import (
     Deployment,
     DeploymentLog,
+    DeploymentStatus,
     DeploymentStep,
+    Project,
     ProjectStatus,
+    StepStatus,
 )
 from libra_deploy.ports import ObjectStore
 from libra_deploy.sources import IncomingFile, blob_key, decode_init_files
@@ -94,6 +97,9 @@ def start_deployment(
             "replaceFiles": request.replace_files,
         },
         history_messages=history,
+        # Published right after the commit; if that publish fails the caller clears this, and if
+        # the process dies first the reaper publishes it after PICKUP_TIMEOUT.
+        enqueued_at=utcnow(),
     )
     deployment.steps = [DeploymentStep(step=name, position=i) for i, name in enumerate(STEPS)]
     session.add(deployment)
@@ -126,12 +132,63 @@ def _store_blobs(store: ObjectStore, files: Sequence[IncomingFile]) -> None:
         store.put(key, blobs[sha])
 
 
-def get_deployment(session: Session, org_id: str, deployment_id: str) -> Deployment:
+def get_deployment(session: Session, org_id: str, deployment_id: str, *, lock: bool = False) -> Deployment:
     """The deployment, if it belongs to the organisation. Another organisation's deployment is 404."""
-    deployment = session.get(Deployment, deployment_id)
+    deployment = session.get(Deployment, deployment_id, with_for_update=lock)
     if deployment is None or deployment.org_id != org_id:
         raise NotFound(f"deployment {deployment_id} does not exist", code="DEPLOYMENT_NOT_FOUND")
     return deployment
+
+
+@dataclass(frozen=True)
+class Cancelled:
+    deployment: Deployment
+    #: False when the deployment had been cancelled before (the request changed nothing).
+    changed: bool
+    #: The broker message of the step that was running, to revoke.
+    running_task_id: str | None = None
+
+
+def cancel(session: Session, principal: Principal, deployment_id: str) -> Cancelled:
+    """Cancel a queued or running deployment. A finished one cannot be cancelled (Conflict).
+
+    A queued deployment never starts: its first step finds it cancelled. A running one is stopped
+    by the worker running it, whose step monitor sees the cancel within a second and kills the
+    sandbox's processes. The caller commits, then publishes the cleanup.
+    """
+    deployment = get_deployment(session, principal.org_id, deployment_id, lock=True)
+    if deployment.status == DeploymentStatus.CANCELLED:
+        return Cancelled(deployment, changed=False)
+    if deployment.status in (DeploymentStatus.COMPLETED, DeploymentStatus.FAILED):
+        raise Conflict(
+            f"deployment {deployment.id} is {deployment.status}; only queued or running ones can be stopped",
+            code="DEPLOYMENT_FINISHED",
+        )
+    now = utcnow()
+    running = next((s for s in deployment.steps if s.status == StepStatus.IN_PROGRESS), None)
+    deployment.status = DeploymentStatus.CANCELLED
+    deployment.cancel_requested_at = deployment.finished_at = now
+    deployment.error_code = "CANCELLED"
+    deployment.error_message = "cancelled on request"
+    for step in deployment.steps:
+        if step.status == StepStatus.PENDING and step.step != "cleanup":
+            step.status = StepStatus.SKIPPED
+    project = session.get(Project, deployment.project_id)
+    if project is not None:
+        # The cancelled deployment never touched the live site: the project is as it was before.
+        project.deployment_status = (
+            ProjectStatus.DEPLOYED if project.production_deployment_id else ProjectStatus.IDLE
+        )
+    session.add(
+        DeploymentLog(
+            deployment_id=deployment.id,
+            step=running.step if running else None,
+            level="warning",
+            message=f"Cancelled by {principal.user_id}",
+        )
+    )
+    session.flush()
+    return Cancelled(deployment, changed=True, running_task_id=running.task_id if running else None)
 
 
 def _iso(value: datetime | None) -> str | None:

@@ -130,6 +130,16 @@ class DeploymentTimeout(StepError):
     code = "DEPLOYMENT_TIMEOUT"
 
 
+class WorkerLost(StepError):
+    """The worker running a step died (killed, out of memory, machine lost) before it finished.
+
+    Retryable: the step runs again on another worker, until its attempts are used up.
+    """
+
+    code = "WORKER_LOST"
+    retryable = True
+
+
 def as_step_error(exc: BaseException) -> StepError:
     """Turn any exception raised while a step ran into a StepError that says whether to retry.
 

@@ -107,6 +107,8 @@ class Project(Base):
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     template: Mapped[str | None] = mapped_column(String(100))
+    #: The sandbox provider this project builds with; NULL means SANDBOX_BUILDER_DEFAULT_PROVIDER.
+    sandbox_provider: Mapped[str | None] = mapped_column(String(40))
     #: Normalised host name (IDNA ASCII, lower case). Unique across every organisation.
     custom_domain: Mapped[str | None] = mapped_column(String(253), unique=True)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -161,6 +163,15 @@ class Deployment(Base):
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     #: Refreshed while a worker runs a step; a stale heartbeat means the worker was lost.
     heartbeat_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: When the pipeline was last published to the broker; NULL while it waits for the outbox relay.
+    enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    # A sandbox slot (MAX_CONCURRENT_DEPLOYMENTS across all workers): asked for, held, given back.
+    slot_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    slot_acquired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    slot_released_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sandbox_created_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    sandbox_destroyed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     steps: Mapped[list[DeploymentStep]] = relationship(
@@ -181,6 +192,8 @@ class DeploymentStep(Base):
     started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     error: Mapped[str | None] = mapped_column(Text)
+    #: The broker message running the step: its redelivery may take over, another message may not.
+    task_id: Mapped[str | None] = mapped_column(String(64))
 
     deployment: Mapped[Deployment] = relationship(back_populates="steps")
 
@@ -233,5 +246,8 @@ class DeadLetter(Base):
     error_message: Mapped[str] = mapped_column(Text)
     attempts: Mapped[int] = mapped_column(Integer)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    #: When the message reached the broker; NULL while the outbox relay still has to publish it.
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     replayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     replay_count: Mapped[int] = mapped_column(Integer, default=0)
+    purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

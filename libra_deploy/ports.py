@@ -50,6 +50,7 @@ class ObjectStore(Protocol):
 @dataclass(frozen=True)
 class SandboxSpec:
     deployment_id: str
+    project_id: str
     #: How long the sandbox may live before the provider reaps it on its own.
     lifetime_s: float
 

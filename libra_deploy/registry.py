@@ -26,6 +26,11 @@ OBJECT_STORES = {
 }
 
 
+def register(table: dict[str, str], name: str, dotted: str) -> None:
+    """Add an adapter under ``name`` (a plugin, or a test's fake at the edge of the system)."""
+    table[name] = dotted
+
+
 def _load(table: dict[str, str], setting: str, name: str, settings: Settings) -> Any:
     module_name, _, class_name = table[name].partition(":")
     try:

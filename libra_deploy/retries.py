@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import random
 
-#: Retries after the first attempt (the seed's max_retries): three attempts in all.
+#: Retries after the first attempt (the seed's max_retries)...
 MAX_RETRIES = 2
+#: ...so a step runs at most three times, whether its attempts ended in an error or a lost worker.
+MAX_ATTEMPTS = MAX_RETRIES + 1
 MAX_DELAY_S = 60.0
 
 

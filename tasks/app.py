@@ -19,7 +19,7 @@ try:
 except ConfigError as exc:
     sys.exit(f"libra-deploy: {exc}")
 
-app = Celery("libra_deploy", include=["tasks.steps"])
+app = Celery("libra_deploy", include=["tasks.steps", "tasks.maintenance"])
 app.config_from_object("celeryconfig")
 
 

@@ -7,17 +7,23 @@ import logging
 from celery import Task
 
 from libra_deploy.errors import StepError, as_step_error
-from libra_deploy.retries import MAX_RETRIES, backoff_delay
-from libra_deploy.steps.runner import Outcome, record_failure, run_step
+from libra_deploy.retries import backoff_delay
+from libra_deploy.steps.runner import Outcome, fail_attempt, run_step
+from tasks.pipeline import enqueue_cleanup
+from tasks.recovery import publish_dead_letter
 from tasks.runtime import get_runtime
 
 logger = logging.getLogger(__name__)
 
 
 class StepTask(Task):
-    """A Celery task that runs one step of one deployment, identified by its id alone."""
+    """A Celery task that runs one step of one deployment, identified by its id alone.
 
-    max_retries = MAX_RETRIES
+    The retry budget is counted in the database (every execution of the step, whether it ended in
+    an error or with its worker gone), not in the message, so Celery's own count is unlimited here.
+    """
+
+    max_retries = None
     acks_late = True
     #: Failed steps are expected in normal operation (a user's build breaks): no traceback in the log.
     throws = (StepError,)
@@ -26,20 +32,24 @@ class StepTask(Task):
     def run_step(self, deployment_id: str) -> None:
         runtime = get_runtime()
         try:
-            outcome = run_step(runtime, self.step, deployment_id)
+            outcome = run_step(runtime, self.step, deployment_id, self.request.id)
         except Exception as raw:
             error = as_step_error(raw)
             if error.code == "INTERNAL_ERROR":
                 logger.exception("step %s of %s failed unexpectedly", self.step, deployment_id)
-            if error.retryable and self.request.retries < self.max_retries:
-                record_failure(runtime, self.step, deployment_id, error, final=False)
-                delay = backoff_delay(self.request.retries, runtime.settings.step_retry_base_delay_s)
+            verdict = fail_attempt(runtime, self.step, deployment_id, error)
+            if not verdict.final:
+                delay = backoff_delay(verdict.attempts - 1, runtime.settings.step_retry_base_delay_s)
                 raise self.retry(exc=error, countdown=delay) from None
-            record_failure(runtime, self.step, deployment_id, error, final=True)
+            if verdict.dead_letter is not None:
+                publish_dead_letter(runtime, verdict.dead_letter.id, verdict.dead_letter.message)
             if self.step != "cleanup":
-                # The chain stops here; cleanup still has to release the sandbox.
-                self.app.signature("deploy.cleanup", args=(deployment_id,)).apply_async()
+                # The chain stops here; cleanup still has to release the sandbox and the slot.
+                enqueue_cleanup(deployment_id)
             raise error from None
-        if outcome is Outcome.NOT_RUNNABLE:
-            # Finished or gone: nothing downstream should run either.
+        if outcome is Outcome.WAITING:
+            # No sandbox slot is free: ask again shortly. No attempt was counted for this.
+            raise self.retry(countdown=runtime.settings.slot_wait_s)
+        if outcome in (Outcome.NOT_RUNNABLE, Outcome.DUPLICATE, Outcome.CANCELLED):
+            # Nothing downstream of this message should run (cancel publishes its own cleanup).
             self.request.chain = None

@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+import time
+from collections.abc import Callable
 
 from celery.worker import WorkController, state
 
 from libra_deploy.runtime import Runtime
+from tasks import recovery
 from tasks.app import app
 from tasks.runtime import set_runtime
 
@@ -51,3 +54,49 @@ class EmbeddedWorker:
             state.should_terminate = 0
             self._thread.join(grace_s)
         state.should_stop = state.should_terminate = None
+
+
+class EmbeddedScheduler:
+    """The periodic jobs of ``celery beat`` (outbox relay, reaper), run in a thread of this process."""
+
+    def __init__(self, runtime: Runtime) -> None:
+        self._runtime = runtime
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="maintenance", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(10)
+
+    def _run(self) -> None:
+        settings = self._runtime.settings
+        jobs = [
+            _Job(settings.outbox_relay_interval_s, recovery.relay_outbox),
+            _Job(settings.reaper_interval_s, recovery.reap),
+        ]
+        while not self._stop.is_set():
+            for job in jobs:
+                job.run_if_due(self._runtime)
+            self._stop.wait(max(min(job.due for job in jobs) - time.monotonic(), 0.0))
+
+
+class _Job:
+    def __init__(self, interval_s: float, run: Callable[[Runtime], object]) -> None:
+        self.interval_s = interval_s
+        self.due = 0.0
+        self._run = run
+
+    def run_if_due(self, runtime: Runtime) -> None:
+        now = time.monotonic()
+        if now < self.due:
+            return
+        self.due = now + self.interval_s
+        try:
+            self._run(runtime)
+        except Exception:
+            logger.warning(
+                "periodic job %s failed; it runs again next time", self._run.__name__, exc_info=True
+            )

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import logging
+
 from celery import chain
 
 from libra_deploy.steps import STEPS
 from tasks.app import app
+
+logger = logging.getLogger(__name__)
 
 
 def deployment_chain(deployment_id: str, start: str = "validate") -> chain:
@@ -18,9 +22,26 @@ def deployment_chain(deployment_id: str, start: str = "validate") -> chain:
     )
 
 
-def start_deployment(deployment_id: str) -> None:
-    """Publish a committed deployment's chain. Call only after the commit that created it."""
-    deployment_chain(deployment_id).apply_async()
+def start_deployment(deployment_id: str, start: str = "validate") -> None:
+    """Publish a committed deployment's chain. Call only after the commit that recorded it.
+
+    Fails fast when the broker is away (no publish retries): the caller leaves the deployment to
+    the outbox relay, which publishes it once the broker answers again.
+    """
+    deployment_chain(deployment_id, start).apply_async(retry=False)
+
+
+def enqueue_cleanup(deployment_id: str) -> None:
+    """Publish the cleanup step alone (after a failure or a cancel the chain does not reach it)."""
+    app.signature("deploy.cleanup", args=(deployment_id,), immutable=True).apply_async(retry=False)
+
+
+def revoke(task_id: str) -> None:
+    """Tell the workers not to start ``task_id`` (best effort: the embedded broker has no broadcast)."""
+    try:
+        app.control.revoke(task_id)
+    except Exception:
+        logger.info("could not broadcast the revocation of %s", task_id, exc_info=True)
 
 
 def broker_reachable() -> bool:

@@ -72,6 +72,8 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 @pytest.fixture(scope="session")
 def services() -> object:
+    import tests.fakes  # noqa: F401 - registers the fake adapters before anything uses the registry
+
     """Create this run's database, broker namespace and data directory; remove them afterwards."""
     if STACK != "embedded":
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:

@@ -93,3 +93,30 @@ def wait_for_step(
             return body
         time.sleep(0.05)
     raise AssertionError(f"step {step} of {deployment_id} did not reach {status} in {timeout} s: {body}")
+
+
+def use_sandbox_provider(runtime: Runtime, project_id: str, name: str) -> None:
+    """Make a project build with the sandbox provider registered under ``name``."""
+    from libra_deploy.models import Project
+
+    with transaction(runtime.sessions) as session:
+        project = session.get(Project, project_id)
+        assert project is not None
+        project.sandbox_provider = name
+
+
+def cli(*args: str, input: str | None = None) -> Any:
+    """Run ``libra-deploy`` in this process's environment (same database and broker as the tests)."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    executable = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "libra-deploy"
+    return subprocess.run(
+        [str(executable), *args],
+        env=dict(os.environ),
+        input=input,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )

@@ -62,7 +62,11 @@ def _bootstrap(session: Session, data_dir: Path) -> tuple[str, str]:
 
 @click.command()
 def up() -> None:
-    """Run the API, a worker and the periodic jobs in one process (the embedded default)."""
+    """Run the API, a worker and the periodic jobs in one process (the embedded default).
+
+    Work queued before a stop resumes after the next start: the outbox relay and the reaper find
+    what the embedded broker lost with the process.
+    """
     settings = Settings.from_env()
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_schema(settings.database_url)
@@ -70,7 +74,7 @@ def up() -> None:
     with transaction(runtime.sessions) as session:
         project_id, token = _bootstrap(session, settings.data_dir)
 
-    from tasks.embedded import EmbeddedWorker
+    from tasks.embedded import EmbeddedScheduler, EmbeddedWorker
     from web import create_app
     from web.server import Server
 
@@ -84,6 +88,8 @@ def up() -> None:
 
     worker = EmbeddedWorker(runtime)
     worker.start()
+    scheduler = EmbeddedScheduler(runtime)
+    scheduler.start()
     server = Server(create_app(runtime), "127.0.0.1", settings.port)
     server.start()
     base = f"http://127.0.0.1:{settings.port}"
@@ -103,6 +109,7 @@ def up() -> None:
     stop.wait()
     click.echo("stopping...", err=True)
     server.stop()
+    scheduler.stop()
     worker.stop(WORKER_STOP_GRACE_S)
     runtime.close()
     click.echo("stopped", err=True)

@@ -17,6 +17,9 @@ from libra_deploy.models import ProjectStatus
 
 STEPS = ("validate", "sync", "sandbox", "build", "deploy", "cleanup")
 
+#: Steps that need a sandbox, and so a sandbox slot (held from the sandbox step to cleanup).
+SLOT_STEPS = frozenset({"sandbox", "build", "deploy"})
+
 #: Percent complete once the step has finished.
 PROGRESS = {"validate": 10, "sync": 25, "sandbox": 45, "build": 70, "deploy": 90, "cleanup": 100}
 

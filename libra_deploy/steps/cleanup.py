@@ -9,6 +9,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
+from libra_deploy import slots
 from libra_deploy.db import utcnow
 from libra_deploy.models import Deployment, DeploymentLog, DeploymentStatus, Project, ProjectStatus
 from libra_deploy.steps.runner import StepContext
@@ -37,6 +38,9 @@ def execute(ctx: StepContext) -> None:
 def record(session: Session, deployment: Deployment, project: Project, result: None) -> None:
     now = utcnow()
     deployment.finished_at = deployment.finished_at or now
+    if deployment.sandbox_id and deployment.sandbox_destroyed_at is None:
+        deployment.sandbox_destroyed_at = now
+    slots.release(deployment, now)
     if deployment.status == DeploymentStatus.IN_PROGRESS:
         deployment.status = DeploymentStatus.COMPLETED
         deployment.current_step = None

@@ -2,13 +2,17 @@
 
 A step runs in three short transactions around work that holds none:
 
-1. *begin*: check the recorded state first (a step that already completed is not run again, a
-   finished deployment runs nothing but its cleanup), then mark the step in_progress;
-2. *execute*: the step's own work, with log lines buffered and flushed as they come;
-3. *record*: the step's results, the step completed, the progress, the remaining log lines.
+1. *begin* checks the recorded state first and decides whether the step runs at all:
+   a step that completed is not run again (a redelivery), a finished deployment runs nothing but
+   its cleanup, a step that another live worker is running is left to it (a duplicate message),
+   a step that needs a sandbox slot waits for one, and a step whose worker died too often is
+   given up. Only then is the step marked in_progress, with its attempt counted;
+2. *execute* does the step's own work, watched by the process's :class:`StepMonitor` (heartbeats,
+   cancellation) and bounded by the step's deadline;
+3. *record* writes the step's results, marks it completed, and moves the progress on.
 
-A redelivered or replayed message therefore redoes nothing that is done. Failures are recorded by
-:func:`record_failure`, called by the task layer once it knows whether the step will be retried.
+:func:`fail_attempt` records a failed attempt and decides, from the attempts recorded in the
+database (so crashes count as well as errors), whether the step is tried again.
 """
 
 from __future__ import annotations
@@ -17,7 +21,8 @@ import importlib
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
+from datetime import timedelta
 from enum import StrEnum
 from types import ModuleType
 from typing import Any
@@ -25,10 +30,12 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from libra_deploy import dead_letters, slots
 from libra_deploy.db import transaction, utcnow
-from libra_deploy.errors import LibraError
+from libra_deploy.errors import DeploymentTimeout, LibraError, StepError, WorkerLost
 from libra_deploy.models import (
     FINISHED_STATUSES,
+    DeadLetter,
     Deployment,
     DeploymentLog,
     DeploymentStatus,
@@ -37,8 +44,11 @@ from libra_deploy.models import (
     ProjectStatus,
     StepStatus,
 )
+from libra_deploy.redact import redact_text
+from libra_deploy.retries import MAX_ATTEMPTS
 from libra_deploy.runtime import Runtime
-from libra_deploy.steps import BUDGET, PROGRESS, PROJECT_STATUS, STEPS, TITLES
+from libra_deploy.steps import BUDGET, PROGRESS, PROJECT_STATUS, SLOT_STEPS, STEPS, TITLES
+from libra_deploy.steps.monitor import StepMonitor, Watch
 
 #: Log lines are written at least this often while a step streams output.
 LOG_FLUSH_INTERVAL_S = 0.5
@@ -51,12 +61,33 @@ class Outcome(StrEnum):
     ALREADY_DONE = "already_done"
     #: The deployment is finished (failed, cancelled) or gone: the step did not run.
     NOT_RUNNABLE = "not_runnable"
+    #: Another worker is running this step right now (its heartbeat is fresh): this message is a copy.
+    DUPLICATE = "duplicate"
+    #: No sandbox slot is free: ask again later, without counting an attempt.
+    WAITING = "waiting"
+    #: The deployment was cancelled while the step ran; the step's work was stopped.
+    CANCELLED = "cancelled"
 
 
 def _module(step: str) -> ModuleType:
     if step not in STEPS:
         raise ValueError(f"unknown step {step!r}")
     return importlib.import_module(f"libra_deploy.steps.{step}")
+
+
+def _line(deployment_id: str, step: str, message: str, level: str = "info") -> dict[str, Any]:
+    return {
+        "deployment_id": deployment_id,
+        "step": step,
+        "level": level,
+        "message": redact_text(message)[:MAX_LOG_LINE],
+        "created_at": utcnow(),
+    }
+
+
+def write_lines(session: Session, lines: list[dict[str, Any]]) -> None:
+    if lines:
+        session.execute(insert(DeploymentLog), lines)
 
 
 class LogBuffer:
@@ -85,21 +116,11 @@ class LogBuffer:
         return lines
 
     def flush(self) -> None:
-        """Write pending lines now, refreshing the deployment's heartbeat with them."""
+        """Write pending lines now."""
         lines = self.take()
         if lines:
             with transaction(self._runtime.sessions) as session:
                 write_lines(session, lines)
-                session.execute(
-                    update(Deployment)
-                    .where(Deployment.id == self._deployment_id)
-                    .values(heartbeat_at=utcnow())
-                )
-
-
-def write_lines(session: Session, lines: list[dict[str, Any]]) -> None:
-    if lines:
-        session.execute(insert(DeploymentLog), lines)
 
 
 @dataclass
@@ -113,29 +134,57 @@ class StepContext:
     project: Project
     deadline: float
     logs: LogBuffer
-    extra: dict[str, Any] = field(default_factory=dict)
+    watch: Watch
 
     def log(self, message: str, level: str = "info") -> None:
         self.logs.add(message, level)
 
     def remaining_s(self) -> float:
-        return max(self.deadline - time.monotonic(), 0.0)
+        """Seconds left before the step's deadline; past it, the step fails with DEPLOYMENT_TIMEOUT."""
+        left = self.deadline - time.monotonic()
+        if left <= 0:
+            raise DeploymentTimeout(f"the {self.step} step ran out of time")
+        return left
+
+    def on_cancel(self, callback: Callable[[], None]) -> None:
+        """Run ``callback`` to stop the step's work if the deployment is cancelled while it runs."""
+        self.watch.on_cancel(callback)
+
+    @property
+    def cancelled(self) -> bool:
+        return self.watch.cancelled.is_set()
 
 
-def run_step(runtime: Runtime, step: str, deployment_id: str) -> Outcome:
-    """Run ``step`` of the deployment unless the recorded state says it must not run."""
+def monitor(runtime: Runtime) -> StepMonitor:
+    """The process's step monitor for this runtime, started on first use."""
+    found: StepMonitor | None = getattr(runtime, "_step_monitor", None)
+    if found is None:
+        found = StepMonitor(runtime.sessions, runtime.settings.heartbeat_interval_s)
+        runtime._step_monitor = found  # type: ignore[attr-defined]
+    return found
+
+
+def run_step(runtime: Runtime, step: str, deployment_id: str, task_id: str | None = None) -> Outcome:
+    """Run ``step`` of the deployment unless the recorded state says it must not run now."""
     module = _module(step)
     logs = LogBuffer(runtime, deployment_id, step)
     with transaction(runtime.sessions) as session:
-        begun = _begin(session, step, deployment_id, logs)
+        begun = _begin(session, runtime, step, deployment_id, task_id)
         if isinstance(begun, Outcome):
             return begun
-        deployment, project = begun
-    budget_s = runtime.settings.deployment_timeout_s * BUDGET[step]
-    ctx = StepContext(runtime, step, deployment, project, time.monotonic() + budget_s, logs)
+        deployment, project, budget_s = begun
+    watcher = monitor(runtime)
+    watch = watcher.watch(deployment_id, logs.flush)
+    ctx = StepContext(runtime, step, deployment, project, time.monotonic() + budget_s, logs, watch)
     try:
         result = module.execute(ctx)
+    except Exception:
+        if watch.cancelled.is_set():
+            _record_cancelled(runtime, step, deployment_id, logs)
+            return Outcome.CANCELLED
+        raise
     finally:
+        watcher.unwatch(watch)
         # Whatever happens, lines already produced (a build's output) are kept.
         pending = logs.take()
         if pending:
@@ -143,12 +192,13 @@ def run_step(runtime: Runtime, step: str, deployment_id: str) -> Outcome:
                 write_lines(session, pending)
     with transaction(runtime.sessions) as session:
         _complete(session, module, step, deployment_id, result, logs)
-    return Outcome.RAN
+    return Outcome.CANCELLED if watch.cancelled.is_set() and step != "cleanup" else Outcome.RAN
 
 
 def _begin(
-    session: Session, step: str, deployment_id: str, logs: LogBuffer
-) -> Outcome | tuple[Deployment, Project]:
+    session: Session, runtime: Runtime, step: str, deployment_id: str, task_id: str | None
+) -> Outcome | tuple[Deployment, Project, float]:
+    settings = runtime.settings
     deployment = session.get(Deployment, deployment_id, with_for_update=True)
     if deployment is None:
         return Outcome.NOT_RUNNABLE
@@ -159,22 +209,49 @@ def _begin(
     if finished and step != "cleanup":
         return Outcome.NOT_RUNNABLE
     now = utcnow()
+    fresh = deployment.heartbeat_at is not None and now - deployment.heartbeat_at < timedelta(
+        seconds=settings.heartbeat_timeout_s
+    )
+    if row.status == StepStatus.IN_PROGRESS and row.task_id != task_id and fresh:
+        return Outcome.DUPLICATE
+    if row.status == StepStatus.IN_PROGRESS and row.attempts >= MAX_ATTEMPTS:
+        # Every attempt so far ended with its worker gone: this message kills workers.
+        raise WorkerLost(f"the worker running {step} was lost {row.attempts} times")
+    needs_slot = step in SLOT_STEPS and not finished
+    if needs_slot and not slots.try_acquire(session, deployment, settings.max_concurrent_deployments, now):
+        deployment.heartbeat_at = now
+        if deployment.current_step != step:
+            deployment.current_step = step
+            write_lines(session, [_line(deployment_id, step, "Waiting for a free sandbox slot")])
+        return Outcome.WAITING
+    budget_s = settings.deployment_timeout_s * BUDGET[step]
+    if not finished:
+        # The deployment's whole budget runs from its first step, or from when it got its sandbox
+        # slot: time spent queueing for a slot under load is not held against it.
+        origin = deployment.slot_acquired_at or deployment.started_at or now
+        left = (origin - now).total_seconds() + settings.deployment_timeout_s
+        if left <= 0:
+            raise DeploymentTimeout(
+                f"the deployment exceeded MAX_DEPLOYMENT_TIMEOUT ({settings.max_deployment_timeout_ms} ms)"
+            )
+        budget_s = min(budget_s, left)
     row.status = StepStatus.IN_PROGRESS
     row.attempts += 1
+    row.task_id = task_id
     row.started_at = row.started_at or now
     project = session.get(Project, deployment.project_id)
     assert project is not None  # deployments cascade with their project
     if not finished:
         if deployment.status == DeploymentStatus.QUEUED:
             deployment.status = DeploymentStatus.IN_PROGRESS
-            deployment.started_at = now
+            deployment.started_at = deployment.started_at or now
         deployment.current_step = step
         project.deployment_status = PROJECT_STATUS[step]
     deployment.heartbeat_at = now
     attempt = f" (attempt {row.attempts})" if row.attempts > 1 else ""
     write_lines(session, [_line(deployment_id, step, f"{TITLES[step]}...{attempt}")])
     session.flush()
-    return deployment, project
+    return deployment, project, budget_s
 
 
 def _complete(
@@ -194,73 +271,103 @@ def _complete(
     row.error = None
     if was_running:
         deployment.progress = PROGRESS[step]
+    deployment.heartbeat_at = row.finished_at
     write_lines(session, logs.take())
 
 
-def record_failure(
-    runtime: Runtime, step: str, deployment_id: str, error: LibraError, *, final: bool
-) -> None:
-    """Record a failed attempt; when ``final``, fail the deployment (later steps but cleanup skipped)."""
+def _record_cancelled(runtime: Runtime, step: str, deployment_id: str, logs: LogBuffer) -> None:
     with transaction(runtime.sessions) as session:
-        deployment = session.get(Deployment, deployment_id, with_for_update=True)
-        if deployment is None:
-            return
         row = _step_row(session, deployment_id, step)
-        row.error = error.message
-        now = utcnow()
-        if not final:
-            # Waiting for its retry: pending, not in progress, until a worker takes it again.
-            row.status = StepStatus.PENDING
-            write_lines(
-                session,
-                [
-                    _line(
-                        deployment_id,
-                        step,
-                        f"{step} attempt {row.attempts} failed: {error.message}",
-                        "warning",
-                    )
-                ],
-            )
-            return
         row.status = StepStatus.FAILED
-        row.finished_at = now
-        write_lines(session, [_line(deployment_id, step, f"{step} failed: {error.message}", "error")])
-        if deployment.status in FINISHED_STATUSES:
-            return
-        deployment.status = DeploymentStatus.FAILED
-        deployment.error_code = error.code
-        deployment.error_message = f"{step} failed: {error.message}"
-        project = session.get(Project, deployment.project_id)
-        if project is not None:
-            project.deployment_status = ProjectStatus.FAILED
-        position = STEPS.index(step)
-        session.execute(
-            update(DeploymentStep)
-            .where(
-                DeploymentStep.deployment_id == deployment_id,
-                DeploymentStep.position > position,
-                DeploymentStep.step != "cleanup",
-                DeploymentStep.status == StepStatus.PENDING,
-            )
-            .values(status=StepStatus.SKIPPED)
+        row.finished_at = utcnow()
+        row.error = "cancelled"
+        write_lines(
+            session,
+            [*logs.take(), _line(deployment_id, step, f"{step} stopped: the deployment was cancelled")],
         )
 
 
+@dataclass(frozen=True)
+class Verdict:
+    """What became of a failed attempt."""
+
+    #: True when the step will not be tried again (the deployment failed, or was cancelled).
+    final: bool
+    attempts: int
+    #: The dead letter to publish when the step failed for good after retryable errors.
+    dead_letter: DeadLetter | None = None
+
+
+def fail_attempt(runtime: Runtime, step: str, deployment_id: str, error: StepError) -> Verdict:
+    """Record a failed attempt of ``step``; fail the deployment when no attempt is left.
+
+    Permanent errors fail at once. Retryable ones are tried again until MAX_ATTEMPTS executions
+    are recorded; then the deployment fails and a dead letter records it for replay.
+    """
+    with transaction(runtime.sessions) as session:
+        deployment = session.get(Deployment, deployment_id, with_for_update=True)
+        if deployment is None:
+            return Verdict(final=True, attempts=0)
+        row = _step_row(session, deployment_id, step)
+        row.error = redact_text(error.message)
+        if deployment.status == DeploymentStatus.CANCELLED:
+            row.status = StepStatus.FAILED
+            row.finished_at = utcnow()
+            return Verdict(final=True, attempts=row.attempts)
+        if error.retryable and row.attempts < MAX_ATTEMPTS:
+            # Waiting for its retry: pending, not in progress, until a worker takes it again.
+            row.status = StepStatus.PENDING
+            message = f"{step} attempt {row.attempts} failed: {error.message}; trying again"
+            write_lines(session, [_line(deployment_id, step, message, "warning")])
+            return Verdict(final=False, attempts=row.attempts)
+        row.status = StepStatus.FAILED
+        row.finished_at = utcnow()
+        if deployment.status in FINISHED_STATUSES:
+            write_lines(session, [_line(deployment_id, step, f"{step} failed: {error.message}", "error")])
+            return Verdict(final=True, attempts=row.attempts)
+        fail_deployment(session, deployment, step, error)
+        letter = dead_letters.record(session, deployment, row, error) if error.retryable else None
+        return Verdict(final=True, attempts=row.attempts, dead_letter=letter)
+
+
+def fail_deployment(session: Session, deployment: Deployment, step: str, error: LibraError) -> None:
+    """Mark a running deployment failed at ``step``; the steps it will not reach are skipped."""
+    message = redact_text(error.message)
+    deployment.status = DeploymentStatus.FAILED
+    deployment.error_code = error.code
+    deployment.error_message = f"{step} failed: {message}"
+    deployment.finished_at = utcnow()
+    project = session.get(Project, deployment.project_id)
+    if project is not None:
+        project.deployment_status = ProjectStatus.FAILED
+    session.execute(
+        update(DeploymentStep)
+        .where(
+            DeploymentStep.deployment_id == deployment.id,
+            DeploymentStep.position > STEPS.index(step),
+            DeploymentStep.step != "cleanup",
+            DeploymentStep.status == StepStatus.PENDING,
+        )
+        .values(status=StepStatus.SKIPPED)
+    )
+    write_lines(session, [_line(deployment.id, step, f"{step} failed: {message}", "error")])
+
+
+def first_unfinished_step(session: Session, deployment_id: str) -> str:
+    """Where a deployment resumes: its first step that has not completed."""
+    done = set(
+        session.scalars(
+            select(DeploymentStep.step).where(
+                DeploymentStep.deployment_id == deployment_id, DeploymentStep.status == StepStatus.COMPLETED
+            )
+        )
+    )
+    return next((step for step in STEPS if step not in done), "cleanup")
+
+
 def _step_row(session: Session, deployment_id: str, step: str) -> DeploymentStep:
-    row = session.scalars(
+    return session.scalars(
         select(DeploymentStep).where(
             DeploymentStep.deployment_id == deployment_id, DeploymentStep.step == step
         )
     ).one()
-    return row
-
-
-def _line(deployment_id: str, step: str, message: str, level: str = "info") -> dict[str, Any]:
-    return {
-        "deployment_id": deployment_id,
-        "step": step,
-        "level": level,
-        "message": message[:MAX_LOG_LINE],
-        "created_at": utcnow(),
-    }

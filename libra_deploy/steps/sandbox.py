@@ -4,9 +4,11 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from dataclasses import dataclass
+from datetime import datetime
 
 from sqlalchemy.orm import Session
 
+from libra_deploy.db import utcnow
 from libra_deploy.models import Deployment, Project
 from libra_deploy.ports import Manifest, ObjectStore, SandboxProvider, SandboxSpec
 from libra_deploy.sources import blob_key
@@ -17,6 +19,7 @@ from libra_deploy.steps.runner import StepContext
 class SandboxRef:
     provider: str
     sandbox_id: str
+    created_at: datetime
 
 
 def execute(ctx: StepContext) -> SandboxRef:
@@ -30,13 +33,20 @@ def execute(ctx: StepContext) -> SandboxRef:
 def prepare(ctx: StepContext) -> SandboxRef:
     """Create a sandbox holding the deployment's source tree."""
     deployment = ctx.deployment
-    provider = ctx.runtime.sandbox()
-    spec = SandboxSpec(deployment_id=deployment.id, lifetime_s=ctx.runtime.settings.deployment_timeout_s)
+    provider = ctx.runtime.sandbox(ctx.project.sandbox_provider)
+    spec = SandboxSpec(
+        deployment_id=deployment.id,
+        project_id=deployment.project_id,
+        lifetime_s=ctx.runtime.settings.deployment_timeout_s,
+    )
     sandbox_id = provider.create(spec)
+    created_at = utcnow()
+    # From here on a cancel must reach this sandbox, whichever step is using it.
+    ctx.on_cancel(lambda: provider.destroy(sandbox_id))
     manifest = deployment.source_manifest or {}
     provider.write_files(sandbox_id, _contents(ctx.runtime.store, manifest))
     ctx.log(f"Sandbox {sandbox_id} ({provider.name}) holds {len(manifest)} files")
-    return SandboxRef(provider.name, sandbox_id)
+    return SandboxRef(provider.name, sandbox_id, created_at)
 
 
 def ensure(ctx: StepContext) -> tuple[SandboxProvider, SandboxRef]:
@@ -49,7 +59,10 @@ def ensure(ctx: StepContext) -> tuple[SandboxProvider, SandboxRef]:
     if deployment.sandbox_id and deployment.sandbox_provider:
         provider = ctx.runtime.sandbox(deployment.sandbox_provider)
         if provider.exists(deployment.sandbox_id):
-            return provider, SandboxRef(deployment.sandbox_provider, deployment.sandbox_id)
+            sandbox_id = deployment.sandbox_id
+            ctx.on_cancel(lambda: provider.destroy(sandbox_id))
+            created_at = deployment.sandbox_created_at or utcnow()
+            return provider, SandboxRef(deployment.sandbox_provider, sandbox_id, created_at)
         ctx.log(f"Sandbox {deployment.sandbox_id} is gone; creating a new one")
     ref = prepare(ctx)
     return ctx.runtime.sandbox(ref.provider), ref
@@ -67,3 +80,4 @@ def record(session: Session, deployment: Deployment, project: Project, result: S
 
 def remember(deployment: Deployment, ref: SandboxRef) -> None:
     deployment.sandbox_provider, deployment.sandbox_id = ref.provider, ref.sandbox_id
+    deployment.sandbox_created_at = deployment.sandbox_created_at or ref.created_at

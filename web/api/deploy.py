@@ -10,6 +10,7 @@ from flask.views import MethodView
 
 from libra_deploy.db import utcnow
 from libra_deploy.deployments import DeployRequest, get_deployment, start_deployment, status_body
+from libra_deploy.recovery import mark_unpublished
 from tasks.pipeline import start_deployment as enqueue
 from web.api import Blueprint
 from web.context import db, principal, runtime
@@ -49,6 +50,8 @@ class Deploy(MethodView):
         except Exception:
             # The deployment is committed and stays queued; the outbox relay publishes it later.
             logger.warning("could not publish deployment %s; it stays queued", deployment.id, exc_info=True)
+            with session.begin():
+                mark_unpublished(session, [deployment.id])
         return {
             "success": True,
             "deploymentId": deployment.id,

@@ -1,0 +1,191 @@
+"""Dead letters: the record of every deployment step that failed for good after its retries, and
+of its replays.
+
+The database row is the index operators list and replay from; the JSON envelope built here is what
+goes to the dead-letter exchange (``deployment-dlx`` -> ``deployment-dlq``) for anything else that
+consumes it. Replaying resets the deployment to resume at the failed step (or from the start), so
+the step runner redoes what is needed and skips what is done.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from sqlalchemy import select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.orm import Session
+
+from libra_deploy.db import utcnow
+from libra_deploy.errors import Conflict, NotFound, StepError
+from libra_deploy.models import (
+    DeadLetter,
+    Deployment,
+    DeploymentStatus,
+    DeploymentStep,
+    Project,
+    ProjectStatus,
+    StepStatus,
+)
+from libra_deploy.redact import redact_text
+from libra_deploy.steps import STEPS
+
+
+def _iso(value: Any) -> str | None:
+    return value.isoformat().replace("+00:00", "Z") if value else None
+
+
+def record(session: Session, deployment: Deployment, row: DeploymentStep, error: StepError) -> DeadLetter:
+    """Record the dead letter of a step that failed for good; the caller publishes its envelope."""
+    now = utcnow()
+    letter = DeadLetter(
+        deployment_id=deployment.id,
+        step=row.step,
+        task_name=f"deploy.{row.step}",
+        error_type=type(error).__name__,
+        error_message=redact_text(error.message),
+        attempts=row.attempts,
+        created_at=now,
+        message={},
+    )
+    session.add(letter)
+    session.flush()
+    letter.message = {
+        "id": letter.id,
+        "deploymentId": deployment.id,
+        "projectId": deployment.project_id,
+        "orgId": deployment.org_id,
+        "step": row.step,
+        "task": letter.task_name,
+        "args": [deployment.id],
+        "error": {
+            "type": letter.error_type,
+            "code": error.code,
+            "message": letter.error_message,
+            "retryable": error.retryable,
+        },
+        "attempts": row.attempts,
+        "firstAttemptAt": _iso(row.started_at),
+        "failedAt": _iso(now),
+    }
+    return letter
+
+
+def ingest(session: Session, envelope: dict[str, Any]) -> DeadLetter:
+    """Record a message the broker dead-lettered on its own (it has no row yet), to replay it."""
+    existing = session.get(DeadLetter, envelope["id"])
+    if existing is not None:
+        return existing
+    if not envelope.get("deploymentId") or envelope.get("step") not in STEPS:
+        raise NotFound(
+            f"dead letter {envelope['id']} names no deployment step", code="DEAD_LETTER_UNREADABLE"
+        )
+    error = envelope.get("error") or {}
+    letter = DeadLetter(
+        id=envelope["id"],
+        deployment_id=envelope["deploymentId"],
+        step=envelope["step"],
+        task_name=envelope.get("task") or f"deploy.{envelope['step']}",
+        message=envelope,
+        error_type=str(error.get("type", "DeadLetteredByBroker")),
+        error_message=str(error.get("message", "")),
+        attempts=int(envelope.get("attempts") or 0),
+        published_at=utcnow(),
+    )
+    session.add(letter)
+    session.flush()
+    return letter
+
+
+def mark_published(session: Session, letter_id: str) -> None:
+    session.execute(update(DeadLetter).where(DeadLetter.id == letter_id).values(published_at=utcnow()))
+
+
+def pending(session: Session) -> list[DeadLetter]:
+    """Dead letters neither replayed nor purged, oldest first."""
+    return list(
+        session.scalars(
+            select(DeadLetter)
+            .where(DeadLetter.replayed_at.is_(None), DeadLetter.purged_at.is_(None))
+            .order_by(DeadLetter.created_at)
+        )
+    )
+
+
+def get(session: Session, letter_id: str) -> DeadLetter:
+    letter = session.get(DeadLetter, letter_id)
+    if letter is None:
+        raise NotFound(f"dead letter {letter_id} does not exist", code="DEAD_LETTER_NOT_FOUND")
+    return letter
+
+
+@dataclass(frozen=True)
+class Replay:
+    deployment_id: str
+    start: str
+
+
+def prepare_replay(session: Session, letter: DeadLetter, *, from_start: bool) -> Replay:
+    """Put the deployment back in the queue, to resume at the failed step (or at validate).
+
+    Refused (Conflict) when the deployment completed meanwhile, or when its project has another
+    deployment queued or running. The caller commits, publishes, then marks the letter replayed.
+    """
+    if letter.replayed_at is not None or letter.purged_at is not None:
+        raise Conflict(f"dead letter {letter.id} was already replayed or purged", code="DEAD_LETTER_CLOSED")
+    deployment_id, step = letter.deployment_id, letter.step
+    deployment = session.get(Deployment, deployment_id, with_for_update=True)
+    if deployment is None:
+        raise NotFound(f"deployment {deployment_id} no longer exists", code="DEPLOYMENT_NOT_FOUND")
+    if deployment.status == DeploymentStatus.COMPLETED:
+        raise Conflict(
+            f"deployment {deployment.id} is completed; there is nothing to replay",
+            code="DEPLOYMENT_COMPLETED",
+        )
+    # Back in the queue first: the partial unique index on active deployments refuses it if the
+    # project has another deployment queued or running.
+    deployment.status = DeploymentStatus.QUEUED
+    try:
+        session.flush()
+    except IntegrityError:
+        # (The failed flush expired every loaded row: only plain values may be used from here.)
+        raise Conflict(
+            f"the project of {deployment_id} has another deployment queued or running",
+            code="DEPLOYMENT_IN_PROGRESS",
+        ) from None
+    start = "validate" if from_start else step
+    position = STEPS.index(start)
+    for row in deployment.steps:
+        if row.position >= position:
+            row.status = StepStatus.PENDING
+            row.attempts = 0
+            row.error = None
+            row.started_at = row.finished_at = None
+            row.task_id = None
+    deployment.current_step = None
+    deployment.error_code = deployment.error_message = None
+    deployment.finished_at = deployment.cancel_requested_at = None
+    deployment.enqueued_at = None
+    deployment.heartbeat_at = utcnow()
+    # A replay takes a new sandbox slot when it reaches its sandbox, and records a new sandbox.
+    deployment.slot_requested_at = deployment.slot_acquired_at = deployment.slot_released_at = None
+    deployment.sandbox_created_at = deployment.sandbox_destroyed_at = None
+    if from_start:
+        deployment.progress = 0
+    project = session.get(Project, deployment.project_id)
+    if project is not None:
+        project.deployment_status = ProjectStatus.PREPARING
+    return Replay(deployment_id, start)
+
+
+def mark_replayed(session: Session, letter_id: str) -> None:
+    session.execute(
+        update(DeadLetter)
+        .where(DeadLetter.id == letter_id)
+        .values(replayed_at=utcnow(), replay_count=DeadLetter.replay_count + 1)
+    )
+
+
+def mark_purged(session: Session, letter_ids: list[str]) -> None:
+    if letter_ids:
+        session.execute(update(DeadLetter).where(DeadLetter.id.in_(letter_ids)).values(purged_at=utcnow()))

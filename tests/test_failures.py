@@ -134,7 +134,8 @@ def test_replay_is_refused_while_the_project_has_another_deployment_running(clie
 
     assert refused.returncode == 1
     assert refused.stderr.strip().splitlines()[-1] == (
-        f"libra-deploy: not replaying {letter.id}: the project of {first} has another deployment queued or running"
+        f"libra-deploy: not replaying {letter.id}: "
+        f"the project of {first} has another deployment queued or running"
     )
     assert wait_for(client, faulty, second)["status"] == "completed"
     assert cli("dlq", "replay", letter.id).returncode == 0

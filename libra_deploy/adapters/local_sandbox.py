@@ -3,6 +3,10 @@
 Each command runs in its own process group with a scrubbed environment (no variable of the service
 reaches it) and is killed, group and all, at its deadline or when the sandbox is destroyed, which
 is how a cancel reaches a build that is running in another thread.
+
+The process groups are also written into the sandbox directory: when a worker dies in the middle of
+a build, its build lives on as an orphan, and the worker that takes the step over (or the cleanup)
+finds it there and kills it before doing anything else in that sandbox.
 """
 
 from __future__ import annotations
@@ -50,8 +54,9 @@ class LocalSandboxProvider:
         sandbox_id = f"lsb_{spec.deployment_id}"
         base = self._dir(sandbox_id)
         if base.exists():
+            _kill_orphans(base)
             shutil.rmtree(base)
-        for sub in ("project", "home", "tmp"):
+        for sub in ("project", "home", "tmp", "groups"):
             (base / sub).mkdir(parents=True)
         return sandbox_id
 
@@ -84,6 +89,8 @@ class LocalSandboxProvider:
         child_env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
         child_env.update({"HOME": str(base / "home"), "TMPDIR": str(base / "tmp"), "CI": "1"})
         child_env.update(env)
+        # Whatever a dead worker left running here would race this command: stop it first.
+        _kill_orphans(base)
         try:
             proc = subprocess.Popen(
                 list(command),
@@ -98,6 +105,8 @@ class LocalSandboxProvider:
             raise ProviderError(f"command not found in the sandbox: {command[0]}") from None
         with self._lock:
             self._running.setdefault(sandbox_id, set()).add(proc)
+        group_file = base / "groups" / str(proc.pid)
+        group_file.touch()
         reader = threading.Thread(target=_pump_lines, args=(proc, on_output), daemon=True)
         reader.start()
         try:
@@ -114,6 +123,7 @@ class LocalSandboxProvider:
                 self._running.get(sandbox_id, set()).discard(proc)
         # Background processes the command left behind must not outlive it (nor hold the pipe).
         _kill_group(proc)
+        group_file.unlink(missing_ok=True)
         reader.join(5)
         return code
 
@@ -135,7 +145,10 @@ class LocalSandboxProvider:
             procs = self._running.pop(sandbox_id, set())
         for proc in procs:
             _kill_group(proc)
-        shutil.rmtree(self._dir(sandbox_id), ignore_errors=True)
+        base = self._dir(sandbox_id)
+        if base.exists():
+            _kill_orphans(base)
+        shutil.rmtree(base, ignore_errors=True)
 
 
 def _pump_lines(proc: subprocess.Popen[bytes], on_output: LineSink) -> None:
@@ -148,3 +161,31 @@ def _pump_lines(proc: subprocess.Popen[bytes], on_output: LineSink) -> None:
 def _kill_group(proc: subprocess.Popen[bytes]) -> None:
     with contextlib.suppress(ProcessLookupError, PermissionError):
         os.killpg(proc.pid, signal.SIGKILL)
+
+
+def _kill_orphans(base: Path) -> None:
+    """Kill the process groups recorded in the sandbox whose processes still work inside it.
+
+    A recorded group id may have been reused by an unrelated process since; only processes of that
+    group whose working directory lies in this sandbox are killed.
+    """
+    groups_dir = base / "groups"
+    recorded = (
+        {int(p.name) for p in groups_dir.iterdir() if p.name.isdigit()} if groups_dir.is_dir() else set()
+    )
+    if not recorded:
+        return
+    root = str(base.resolve())
+    for proc_dir in Path("/proc").iterdir():
+        if not proc_dir.name.isdigit():
+            continue
+        try:
+            fields = (proc_dir / "stat").read_text().rsplit(")", 1)[1].split()
+            group = int(fields[2])
+            if group in recorded and os.readlink(proc_dir / "cwd").startswith(root):
+                os.killpg(group, signal.SIGKILL)
+                recorded.discard(group)
+        except (OSError, ValueError, IndexError):
+            continue
+    for group_file in groups_dir.iterdir():
+        group_file.unlink(missing_ok=True)

@@ -25,7 +25,10 @@ SITE = {"index.html": "<h1>survivor</h1>"}
 
 def slow_build(seconds: float, *, announce: bool = True) -> dict[str, str]:
     """A package.json project whose build prints its pid, sleeps, then writes dist/index.html."""
-    write = f"fs.mkdirSync('dist', {{recursive: true}}); fs.writeFileSync('dist/index.html', 'built after {seconds} s');"
+    write = (
+        "fs.mkdirSync('dist', {recursive: true}); "
+        f"fs.writeFileSync('dist/index.html', 'built after {seconds} s');"
+    )
     script = (
         "const fs = require('fs');"
         + ("console.log('build pid ' + process.pid);" if announce else "")

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
 import time
 from pathlib import Path
 
@@ -12,6 +14,7 @@ from libra_deploy.auth import Principal
 from libra_deploy.db import transaction
 from libra_deploy.deployments import DeployRequest, start_deployment
 from libra_deploy.models import DeadLetter, Deployment
+from tests.conftest import STACK
 from tests.fakes import FaultySandbox
 from tests.helpers import cli, deploy, make_tenant, use_sandbox_provider, wait_for, wait_for_step
 
@@ -244,3 +247,114 @@ def test_cancelling_a_finished_deployment_is_409_and_others_cannot_cancel(client
     other = make_tenant(runtime)
     assert client.post(f"/deployments/{deployment_id}/cancel", headers=other.headers).status_code == 404
     assert client.post(f"/deployments/{deployment_id}/cancel").status_code == 401
+
+
+def test_a_redelivered_chain_of_a_completed_deployment_changes_nothing(client, worker, runtime, tenant):
+    from tasks.pipeline import start_deployment as publish
+
+    deployment_id = deploy(client, tenant, SITE)
+    before = wait_for_step(client, tenant, deployment_id, "cleanup", "completed")
+
+    publish(deployment_id)  # every step's message delivered a second time
+
+    time.sleep(2)
+    after = client.get(f"/deploy-status?id={deployment_id}", headers=tenant.headers).get_json()
+    assert after["steps"] == before["steps"]
+    assert after["status"] == "completed"
+    assert sum(line.startswith("Published") for line in after["logs"]) == 1
+
+
+def test_a_duplicate_message_for_a_running_step_is_dropped(client, worker, runtime, tenant):
+    from tasks.pipeline import start_deployment as publish
+
+    deployment_id = deploy(client, tenant, SLEEPING_BUILD)
+    pid = _pid_from_logs(client, tenant, deployment_id)
+
+    publish(deployment_id, "build")  # a copy of the build message while the build runs
+    time.sleep(2)
+
+    running = client.get(f"/deploy-status?id={deployment_id}", headers=tenant.headers).get_json()
+    assert running["steps"]["build"] == running["steps"]["build"] | {"status": "in_progress", "attempts": 1}
+    assert sum(line.startswith("build pid ") for line in running["logs"]) == 1
+    client.post(f"/deployments/{deployment_id}/cancel", headers=tenant.headers)
+    wait_for_step(client, tenant, deployment_id, "cleanup", "completed")
+    assert _process_gone(pid)
+
+
+@pytest.mark.skipif(
+    STACK != "postgres-rabbitmq",
+    reason="only RabbitMQ dead-letters messages itself (x-dead-letter-exchange on the work queue); "
+    "Redis and the embedded broker drop what they reject, which is why the task layer publishes dead letters",
+)
+def test_a_message_the_broker_dead_letters_itself_can_be_listed_and_replayed(client, worker, runtime, tenant):
+    from kombu import Queue
+    from kombu import uuid as task_uuid
+
+    from tasks import app
+
+    principal = Principal(tenant.org_id, tenant.user_id, "test")
+    with transaction(runtime.sessions) as session:
+        deployment = start_deployment(
+            session,
+            runtime.settings,
+            runtime.store,
+            principal,
+            DeployRequest(
+                project_id=tenant.project_id, init_files=[{"path": "index.html", "content": "native"}]
+            ),
+        )
+    # A Celery task message that expires in the queue before any worker takes it: RabbitMQ moves it
+    # to deployment-dlx -> deployment-dlq on its own, with reason "expired".
+    # The work queue carries the dead-letter exchange on the broker itself...
+    queue = app.conf.task_queues[0]
+    vhost = os.environ["CELERY_BROKER_URL"].rsplit("/", 1)[1]
+    listing = subprocess.run(
+        ["rabbitmqctl", "list_queues", "-p", vhost, "name", "arguments", "--formatter", "json"],
+        capture_output=True,
+        text=True,
+        check=True,
+        timeout=60,
+    )
+    declared = {q["name"]: q["arguments"] for q in json.loads(listing.stdout)}[queue.name]
+    arguments = {name: value for name, _type, value in declared}
+    assert arguments["x-dead-letter-exchange"] == "deployment-dlx"
+    assert arguments["x-dead-letter-routing-key"] == app.conf.dead_letter_queue.name
+    # ...so a task message the broker gives up on (here: it expires in a queue declared the same way,
+    # where no worker takes it) moves to deployment-dlq without any code of ours.
+    holding = Queue(
+        f"{queue.name}-held",
+        queue.exchange,
+        routing_key=f"{queue.name}-held",
+        queue_arguments=queue.queue_arguments,
+        auto_delete=True,
+    )
+    task_id = task_uuid()
+    message = app.amqp.as_task_v2(task_id, "deploy.validate", args=(deployment.id,), kwargs={})
+    with app.connection_for_write() as conn:
+        conn.Producer().publish(
+            message.body,
+            exchange=holding.exchange,
+            routing_key=holding.routing_key,
+            declare=[holding],
+            headers=message.headers,
+            serializer="json",
+            expiration=0.2,
+            **message.properties,
+        )
+
+    def listed() -> dict | None:
+        entries = json.loads(cli("dlq", "list", "--json").stdout)
+        return next((e for e in entries if e["id"] == task_id), None)
+
+    deadline = time.monotonic() + 30
+    while (entry := listed()) is None and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert entry is not None
+    assert entry["error"]["type"] == "DeadLetteredByBroker"
+    assert "expired" in entry["error"]["message"]
+    assert (entry["deploymentId"], entry["step"]) == (deployment.id, "validate")
+
+    replayed = cli("dlq", "replay", task_id)
+    assert replayed.returncode == 0, replayed.stderr
+    assert wait_for(client, tenant, deployment.id)["status"] == "completed"
+    assert task_id not in {e["id"] for e in json.loads(cli("dlq", "list", "--json").stdout)}

@@ -88,6 +88,10 @@ class Settings:
     step_retry_base_delay_s: float = 2.0
     #: How many log lines /deploy-status returns (the newest ones).
     status_log_lines: int = 100
+    #: Deployments kept per project by garbage collection, besides the live and the pinned ones.
+    retention_keep: int = 20
+    #: Seconds a blob must stay unreferenced, across two gc runs, before gc deletes it.
+    gc_blob_grace_s: float = 3600.0
     extra: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -131,6 +135,8 @@ class Settings:
             "max_history_message_bytes": _int(env, "MAX_HISTORY_MESSAGE_BYTES", 64 * 1024, minimum=1),
             "step_retry_base_delay_s": _float(env, "STEP_RETRY_BASE_DELAY", 2.0, minimum=0.0),
             "status_log_lines": _int(env, "STATUS_LOG_LINES", 100, minimum=1),
+            "retention_keep": _int(env, "RETENTION_KEEP", 20, minimum=1),
+            "gc_blob_grace_s": _float(env, "GC_BLOB_GRACE", 3600.0, minimum=0.0),
             "extra": dict(env),
         }
         if values["deployment_queue"] == values["deployment_dlq"]:

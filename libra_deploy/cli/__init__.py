@@ -34,9 +34,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from libra_deploy.cli import operators, up
+    from libra_deploy.cli import maintenance, operators, up
 
-    for command in (*operators.COMMANDS, up.up, up.migrate_command):
+    for command in (*operators.COMMANDS, up.up, up.migrate_command, maintenance.gc):
         main.add_command(command)
 
 

@@ -18,7 +18,7 @@ GC_BLOB_GRACE seconds (and is still unreferenced by anything created meanwhile).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -122,19 +122,21 @@ def _manifest_blobs(*manifests: Mapping[str, Any] | None) -> Iterator[str]:
                 yield blob_key(str(entry["sha256"]))
 
 
-def _deployment_blobs(session: Session, *conditions: Any) -> Iterable[str]:
+def _deployment_blobs(session: Session, *conditions: Any, excluding: Collection[str] = ()) -> Iterable[str]:
     rows = session.execute(
-        select(Deployment.source_manifest, Deployment.output_manifest, Deployment.request)
+        select(Deployment.id, Deployment.source_manifest, Deployment.output_manifest, Deployment.request)
         .where(*conditions)
         .execution_options(yield_per=200)
     )
-    for source, output, request in rows:
-        yield from _manifest_blobs(source, output, (request or {}).get("files"))
+    for deployment_id, source, output, request in rows:
+        if deployment_id not in excluding:
+            yield from _manifest_blobs(source, output, (request or {}).get("files"))
 
 
-def _referenced_blobs(runtime: Runtime) -> set[str]:
+def _referenced_blobs(runtime: Runtime, expiring: Collection[str]) -> set[str]:
+    """Blobs in use, not counting deployments about to expire (a dry run has not expired them)."""
     with runtime.sessions() as session:
-        referenced = set(_deployment_blobs(session, Deployment.expired_at.is_(None)))
+        referenced = set(_deployment_blobs(session, Deployment.expired_at.is_(None), excluding=expiring))
         for (manifest,) in session.execute(select(Project.source_manifest).execution_options(yield_per=200)):
             referenced.update(_manifest_blobs(manifest))
     return referenced
@@ -155,11 +157,12 @@ def _sweep_blobs(runtime: Runtime, started: datetime, dry_run: bool, report: GcR
     # List before reading the references: a blob stored after the listing is not looked at, and one
     # referenced after the reading was listed and is caught by the last look (_referenced_since).
     listed = set(runtime.store.list_keys(BLOB_PREFIX))
-    unreferenced = listed - _referenced_blobs(runtime)
+    unreferenced = listed - _referenced_blobs(runtime, set(report.expired_deployments))
     with runtime.sessions() as session:
-        known: dict[str, datetime] = dict(
-            session.execute(select(BlobCandidate.key, BlobCandidate.first_seen_at)).tuples()
-        )
+        known = {
+            key: first_seen
+            for key, first_seen in session.execute(select(BlobCandidate.key, BlobCandidate.first_seen_at))
+        }
     cutoff = started - timedelta(seconds=runtime.settings.gc_blob_grace_s)
     waiting = {key for key in unreferenced if known.get(key, started) > cutoff}
     if not dry_run:

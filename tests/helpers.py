@@ -93,3 +93,17 @@ def wait_for_step(
             return body
         time.sleep(0.05)
     raise AssertionError(f"step {step} of {deployment_id} did not reach {status} in {timeout} s: {body}")
+
+
+def deploy_completed(
+    client: Any,
+    tenant: Tenant,
+    files: dict[str, str] | None = None,
+    project_id: str | None = None,
+    **extra: Any,
+) -> str:
+    """Deploy, wait for the end, check it completed; return the deployment id."""
+    deployment_id = deploy(client, tenant, files, project_id=project_id, **extra)
+    status = wait_for(client, tenant, deployment_id)
+    assert status["status"] == "completed", status
+    return deployment_id

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import os
 import uuid
 
 import pytest
@@ -205,12 +206,16 @@ def test_files_of_another_organisations_project_are_404(client, runtime, tenant)
 
 
 @pytest.fixture
-def small_limits_client(runtime):
+def small_limits_app(runtime):
     from web import create_app
 
     settings = dataclasses.replace(runtime.settings, max_file_bytes=1024, max_files=3, max_total_bytes=2048)
-    small = Runtime(settings, runtime.engine, runtime.sessions, runtime.store, runtime.target)
-    return create_app(small).test_client()
+    return create_app(Runtime(settings, runtime.engine, runtime.sessions, runtime.store, runtime.target))
+
+
+@pytest.fixture
+def small_limits_client(small_limits_app):
+    return small_limits_app.test_client()
 
 
 def test_the_size_limits_apply(small_limits_client, tenant):
@@ -237,3 +242,37 @@ def test_the_size_limits_apply(small_limits_client, tenant):
     )
     assert count.status_code == 413
     assert count.get_json()["details"]["limit"] == "MAX_FILES"
+
+
+def test_uploads_over_real_http_are_read_whole_and_limited_without_content_length(
+    app, small_limits_app, runtime, tenant
+):
+    import requests
+
+    from web.server import Server
+
+    data = os.urandom(3 * 1024 * 1024 + 17)
+    over = os.urandom(2048)
+    servers = [Server(app, "127.0.0.1", 0), Server(small_limits_app, "127.0.0.1", 0)]
+    for server in servers:
+        server.start()
+    try:
+        base, small = (f"http://127.0.0.1:{s.port}/projects/{tenant.project_id}/files" for s in servers)
+        stored = requests.put(f"{base}/{sha(data)}", data=data, headers=tenant.headers, timeout=60)
+        # Without Content-Length (chunked), the body is read whole, and refused past the limit.
+        chunked = requests.put(
+            f"{base}/{sha(data)}", data=iter([data[:1024], data[1024:]]), headers=tenant.headers, timeout=60
+        )
+        refused = requests.put(
+            f"{small}/{sha(over)}", data=iter([over[:1000], over[1000:]]), headers=tenant.headers, timeout=60
+        )
+    finally:
+        for server in servers:
+            server.stop()
+    assert stored.status_code == 200, stored.text
+    assert stored.json()["size"] == len(data)
+    assert runtime.store.get(blob_key(sha(data))) == data
+    assert chunked.status_code == 200, chunked.text
+    assert refused.status_code == 413
+    assert refused.json()["details"]["limit"] == "MAX_FILE_BYTES"
+    assert runtime.store.missing([blob_key(sha(over))]) == {blob_key(sha(over))}

@@ -12,6 +12,7 @@ from web.api import Blueprint
 from web.context import db, principal, runtime
 from web.schemas import ErrorSchema, FilesCheckSchema, FilesMissingSchema, FileStoredSchema
 
+READ_CHUNK = 1024 * 1024
 blp = Blueprint(
     "files",
     __name__,
@@ -57,11 +58,26 @@ class FileUpload(MethodView):
         limit = rt.settings.max_file_bytes
         if request.content_length is not None and request.content_length > limit:
             raise uploads.file_too_large(rt.settings)
-        # Read one byte past the limit, so that a body without Content-Length is refused too.
-        data = request.stream.read(limit + 1)
+        data = _read_body(limit + 1)
+        if len(data) > limit:
+            raise uploads.file_too_large(rt.settings)
         session = db()
         with session.begin():
             size = uploads.upload(
                 session, rt.store, rt.settings, principal().org_id, project_id, sha256, data
             )
         return {"success": True, "sha256": sha256, "size": size}
+
+
+def _read_body(most: int) -> bytes:
+    """The request body, or its first ``most`` bytes: enough to refuse a body without Content-Length."""
+    chunks: list[bytes] = []
+    size = 0
+    # A read may return less than asked before the end of the body, so read until it returns nothing.
+    while size < most:
+        chunk = request.stream.read(min(READ_CHUNK, most - size))
+        if not chunk:
+            break
+        chunks.append(chunk)
+        size += len(chunk)
+    return b"".join(chunks)

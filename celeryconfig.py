@@ -101,7 +101,7 @@ broker_connection_timeout = 5
 worker_cancel_long_running_tasks_on_connection_loss = True
 worker_hijack_root_logger = False
 
-# The periodic jobs of libra_deploy/recovery.py, sent by `celery -A tasks beat`.
+# The periodic jobs (recovery.py, retention.py), sent by `celery -A tasks beat`.
 beat_schedule_filename = str(_data_dir / "celerybeat-schedule")
 beat_schedule = {
     "relay-outbox": {
@@ -113,6 +113,11 @@ beat_schedule = {
         "task": "maintenance.reap",
         "schedule": _seconds("REAPER_INTERVAL", 15.0),
         "options": {"expires": _seconds("REAPER_INTERVAL", 15.0)},
+    },
+    "collect-garbage": {
+        "task": "maintenance.collect_garbage",
+        "schedule": _seconds("GC_INTERVAL", 3600.0),
+        "options": {"expires": _seconds("GC_INTERVAL", 3600.0)},
     },
 }
 

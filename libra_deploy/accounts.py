@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Mapping
+from typing import Any
+
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
@@ -47,14 +50,24 @@ def create_user(session: Session, org_id: str, email: str) -> User:
 
 
 def create_project(
-    session: Session, org_id: str, name: str, *, template: str | None = None, custom_domain: str | None = None
+    session: Session,
+    org_id: str,
+    name: str,
+    *,
+    template: str | None = None,
+    custom_domain: str | None = None,
+    spa_fallback: bool = True,
 ) -> Project:
     get_organization(session, org_id)
     domain = domains.normalize(custom_domain) if custom_domain else None
     if domain:
         domains.ensure_available(session, domain, project_id=None)
     project = Project(
-        org_id=org_id, name=_name(name, "a project name"), template=template, custom_domain=domain
+        org_id=org_id,
+        name=_name(name, "a project name"),
+        template=template,
+        custom_domain=domain,
+        spa_fallback=spa_fallback,
     )
     session.add(project)
     try:
@@ -73,3 +86,28 @@ def get_project(session: Session, org_id: str, project_id: str) -> Project:
             "The specified project does not exist or you do not have access to it", code="PROJECT_NOT_FOUND"
         )
     return project
+
+
+#: What PATCH /projects/<id> may change, by attribute, each with the check its value must pass.
+PROJECT_SETTINGS: dict[str, Callable[[Any], Any]] = {
+    "name": lambda value: _name(str(value), "a project name"),
+    "spa_fallback": bool,
+}
+
+
+def update_project(session: Session, org_id: str, project_id: str, changes: Mapping[str, Any]) -> Project:
+    """Change the given settings of a project (others stay as they are)."""
+    project = get_project(session, org_id, project_id)
+    unknown = set(changes) - set(PROJECT_SETTINGS)
+    if unknown:
+        raise InvalidInput(f"these project settings cannot be changed: {', '.join(sorted(unknown))}")
+    for attribute, value in changes.items():
+        setattr(project, attribute, PROJECT_SETTINGS[attribute](value))
+    session.flush()
+    return project
+
+
+def spa_fallback_enabled(session: Session, project_id: str) -> bool:
+    """Whether the project's site falls back to index.html for deep links (read when serving)."""
+    enabled = session.scalars(select(Project.spa_fallback).where(Project.id == project_id)).first()
+    return bool(enabled)

@@ -98,6 +98,12 @@ class Settings:
     slot_wait_s: float = 1.0
     #: How many log lines /deploy-status returns (the newest ones).
     status_log_lines: int = 100
+    #: Deployments kept per project by garbage collection, besides the live and the pinned ones.
+    retention_keep: int = 20
+    #: Seconds a blob must stay unreferenced, across two gc runs, before gc deletes it.
+    gc_blob_grace_s: float = 3600.0
+    #: How often retention and garbage collection run (celery beat, or libra-deploy up).
+    gc_interval_s: float = 3600.0
     extra: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -146,6 +152,9 @@ class Settings:
             "reaper_interval_s": _float(env, "REAPER_INTERVAL", 15.0, minimum=0.1),
             "slot_wait_s": _float(env, "SLOT_WAIT_INTERVAL", 1.0, minimum=0.05),
             "status_log_lines": _int(env, "STATUS_LOG_LINES", 100, minimum=1),
+            "retention_keep": _int(env, "RETENTION_KEEP", 20, minimum=1),
+            "gc_blob_grace_s": _float(env, "GC_BLOB_GRACE", 3600.0, minimum=0.0),
+            "gc_interval_s": _float(env, "GC_INTERVAL", 3600.0, minimum=1.0),
             "extra": dict(env),
         }
         if values["deployment_queue"] == values["deployment_dlq"]:

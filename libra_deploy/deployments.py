@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from libra_deploy import accounts, domains
+from libra_deploy import accounts, domains, uploads
 from libra_deploy.auth import Principal
 from libra_deploy.config import Settings
 from libra_deploy.db import utcnow
@@ -30,8 +30,9 @@ from libra_deploy.models import (
     StepStatus,
 )
 from libra_deploy.ports import ObjectStore
-from libra_deploy.sources import IncomingFile, blob_key, decode_init_files
+from libra_deploy.sources import IncomingFile, blob_key, check_tree, decode_init_files
 from libra_deploy.steps import STEPS
+from libra_deploy.steps.deploy import deployment_url
 
 
 @dataclass(frozen=True)
@@ -43,6 +44,8 @@ class DeployRequest:
     user_id: str | None = None
     custom_domain: str | None = None
     init_files: Sequence[Mapping[str, Any]] = ()
+    #: Files named by hash, uploaded before (see :mod:`libra_deploy.uploads`): [{path, sha256}].
+    files: Sequence[Mapping[str, Any]] = ()
     replace_files: bool = False
     history_messages: Sequence[Mapping[str, Any]] = ()
 
@@ -84,18 +87,18 @@ def start_deployment(
         raise InvalidInput(f"project {project.id} is not active", code="PROJECT_INACTIVE")
     if domain is not None:
         domains.ensure_available(session, domain, project_id=project.id)
+    hashed = _hashed_files(session, settings, store, principal.org_id, request, files)
 
+    changes: dict[str, Any] = {
+        f.path: None if f.data is None else {"sha256": f.sha256, "size": len(f.data)} for f in files
+    }
+    changes.update({f.path: {"sha256": f.sha256, "size": f.size} for f in hashed})
     deployment = Deployment(
         project_id=project.id,
         org_id=principal.org_id,
         user_id=principal.user_id,
         custom_domain=domain,
-        request={
-            "files": {
-                f.path: None if f.data is None else {"sha256": f.sha256, "size": len(f.data)} for f in files
-            },
-            "replaceFiles": request.replace_files,
-        },
+        request={"files": changes, "replaceFiles": request.replace_files},
         history_messages=history,
         # Published right after the commit; if that publish fails the caller clears this, and if
         # the process dies first the reaper publishes it after PICKUP_TIMEOUT.
@@ -112,8 +115,40 @@ def start_deployment(
     project.deployment_status = ProjectStatus.PREPARING
     session.add(DeploymentLog(deployment_id=deployment.id, message="Deployment queued"))
     _store_blobs(store, files)
+    uploaded = {f.sha256: len(f.data) for f in files if f.data is not None and f.sha256}
+    uploads.grant(session, principal.org_id, uploaded)
     session.flush()
     return deployment
+
+
+def _hashed_files(
+    session: Session,
+    settings: Settings,
+    store: ObjectStore,
+    org_id: str,
+    request: DeployRequest,
+    inline: Sequence[IncomingFile],
+) -> list[uploads.HashedFile]:
+    """Check ``files`` (by hash), and the limits of the whole request with ``initFiles``."""
+    if not request.files:
+        return []
+    if len(inline) + len(request.files) > settings.max_files:
+        raise PayloadTooLarge(
+            f"initFiles and files hold {len(inline) + len(request.files)} files; "
+            f"the limit MAX_FILES is {settings.max_files}",
+            details={"limit": "MAX_FILES", "value": settings.max_files},
+        )
+    hashed = uploads.resolve_files(
+        session, store, settings, org_id, request.files, taken={f.path: f.path for f in inline}
+    )
+    total = sum(len(f.data) for f in inline if f.data is not None) + sum(f.size for f in hashed)
+    if total > settings.max_total_bytes:
+        raise PayloadTooLarge(
+            f"initFiles and files add up to more than MAX_TOTAL_BYTES ({settings.max_total_bytes} bytes)",
+            details={"limit": "MAX_TOTAL_BYTES", "value": settings.max_total_bytes},
+        )
+    check_tree([*(f.path for f in inline if f.data is not None), *(f.path for f in hashed)])
+    return hashed
 
 
 def deployment_in_progress(project_id: str) -> Conflict:
@@ -232,6 +267,11 @@ def status_body(session: Session, settings: Settings, deployment: Deployment) ->
         body["errorCode"] = deployment.error_code
     if deployment.url:
         body["url"] = deployment.url
+    if deployment.status == DeploymentStatus.COMPLETED and deployment.expired_at is None:
+        body["deploymentUrl"] = deployment_url(settings.public_url, deployment.project_id, deployment.id)
+    body["pinned"] = deployment.pinned
+    if deployment.expired_at:
+        body["expiredAt"] = _iso(deployment.expired_at)
     if deployment.custom_domain:
         body["customDomain"] = deployment.custom_domain
     return body

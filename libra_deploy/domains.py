@@ -122,3 +122,8 @@ def ensure_available(session: Session, domain: str, *, project_id: str | None) -
     holder = session.scalars(select(Project.id).where(Project.custom_domain == domain)).first()
     if holder is not None and holder != project_id:
         raise domain_taken(domain)
+
+
+def project_for_host(session: Session, host: str) -> str | None:
+    """The project whose custom domain is ``host`` (a host name, lower case, without port), if any."""
+    return session.scalars(select(Project.id).where(Project.custom_domain == host)).first()

@@ -20,7 +20,9 @@ from sqlalchemy import (
     String,
     Text,
     UniqueConstraint,
+    false,
     text,
+    true,
 )
 from sqlalchemy.orm import Mapped, mapped_column, relationship
 from ulid import ULID
@@ -119,6 +121,8 @@ class Project(Base):
     production_deployment_id: Mapped[str | None] = mapped_column(String(40))
     #: The project's stored files: {path: {"sha256": hex, "size": bytes}}; blobs live in the object store.
     source_manifest: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: Serve index.html (200) for a missing extension-less path when the site has no 404.html.
+    spa_fallback: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -172,6 +176,10 @@ class Deployment(Base):
     slot_released_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sandbox_created_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     sandbox_destroyed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: Kept by retention whatever its age.
+    pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
+    #: When retention removed the deployment's files; the row stays as its record.
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     steps: Mapped[list[DeploymentStep]] = relationship(
@@ -251,3 +259,33 @@ class DeadLetter(Base):
     replayed_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     replay_count: Mapped[int] = mapped_column(Integer, default=0)
     purged_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class OwnedBlob(Base):
+    """Contents an organisation has uploaded, so that it may deploy them by hash alone.
+
+    Blobs are shared by everyone (``blobs/<sha256>`` in the object store), but a hash is no
+    proof of knowing the contents: an organisation may name in ``POST /deploy`` only the hashes
+    it has uploaded itself, else it could publish another organisation's file by guessing or
+    learning its hash.
+    """
+
+    __tablename__ = "owned_blobs"
+
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True)
+    sha256: Mapped[str] = mapped_column(String(64), primary_key=True, index=True)
+    size: Mapped[int] = mapped_column(BigInteger)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class BlobCandidate(Base):
+    """A blob that nothing referenced when garbage collection last looked, and since when.
+
+    A blob is deleted only once it has stayed unreferenced for GC_BLOB_GRACE: a running build
+    stores its output before it records it, and a client uploads by hash before it deploys.
+    """
+
+    __tablename__ = "gc_blob_candidates"
+
+    key: Mapped[str] = mapped_column(String(300), primary_key=True)
+    first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)

@@ -46,6 +46,10 @@ class ObjectStore(Protocol):
         """Remove an object; removing one that does not exist is not an error."""
         ...
 
+    def list_keys(self, prefix: str) -> Iterator[str]:
+        """Every key that starts with ``prefix`` (a plain string prefix, as S3 has it), in no set order."""
+        ...
+
 
 @dataclass(frozen=True)
 class SandboxSpec:
@@ -136,4 +140,13 @@ class DeployTarget(Protocol):
 
     def open(self, project_id: str, deployment_id: str, path: str) -> SiteFile | None:
         """The file at ``path`` of a published deployment, or None when it has no such file."""
+        ...
+
+    def remove(self, project_id: str, deployment_id: str) -> None:
+        """Delete a published deployment (its manifest or prefix) so that it is no longer served.
+
+        Files that other deployments of the project still use stay. Removing a deployment that
+        was never published, or was removed already, is not an error. The caller (retention)
+        never removes the live deployment.
+        """
         ...

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 from celery.worker import WorkController, state
 
+from libra_deploy.retention import collect_garbage
 from libra_deploy.runtime import Runtime
 from tasks import recovery
 from tasks.app import app
@@ -57,7 +58,7 @@ class EmbeddedWorker:
 
 
 class EmbeddedScheduler:
-    """The periodic jobs of ``celery beat`` (outbox relay, reaper), run in a thread of this process."""
+    """The periodic jobs of ``celery beat`` (outbox relay, reaper, gc), run in a thread of this process."""
 
     def __init__(self, runtime: Runtime) -> None:
         self._runtime = runtime
@@ -76,6 +77,7 @@ class EmbeddedScheduler:
         jobs = [
             _Job(settings.outbox_relay_interval_s, recovery.relay_outbox),
             _Job(settings.reaper_interval_s, recovery.reap),
+            _Job(settings.gc_interval_s, collect_garbage),
         ]
         while not self._stop.is_set():
             for job in jobs:

@@ -120,3 +120,17 @@ def cli(*args: str, input: str | None = None) -> Any:
         text=True,
         timeout=120,
     )
+
+
+def deploy_completed(
+    client: Any,
+    tenant: Tenant,
+    files: dict[str, str] | None = None,
+    project_id: str | None = None,
+    **extra: Any,
+) -> str:
+    """Deploy, wait for the end, check it completed; return the deployment id."""
+    deployment_id = deploy(client, tenant, files, project_id=project_id, **extra)
+    status = wait_for(client, tenant, deployment_id)
+    assert status["status"] == "completed", status
+    return deployment_id

@@ -69,6 +69,8 @@ def test_public_url_follows_the_port():
         ({"LOG_LEVEL": "LOUD"}, "LOG_LEVEL"),
         ({"DEPLOYMENT_QUEUE_NAME": "bad name!"}, "DEPLOYMENT_QUEUE_NAME"),
         ({"DEPLOYMENT_DLQ_NAME": "deployment-queue"}, "DEPLOYMENT_DLQ_NAME"),
+        ({"RETENTION_KEEP": "0"}, "RETENTION_KEEP"),
+        ({"GC_BLOB_GRACE": "an hour"}, "GC_BLOB_GRACE"),
     ],
 )
 def test_a_malformed_setting_names_itself(env, name):

@@ -9,7 +9,7 @@ from libra_deploy import __version__
 from libra_deploy.config import Settings
 from libra_deploy.runtime import Runtime
 from web import auth, context, errors
-from web.api import deploy, deployments, projects, service, sites
+from web.api import deploy, deployments, files, projects, releases, service, sites
 from web.schemas import ErrorSchema
 
 
@@ -42,9 +42,10 @@ def create_app(runtime: Runtime | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["libra_deploy"] = runtime
     app.teardown_appcontext(context.close_db)
+    sites.init_app(app)
     auth.init_app(app)
     api = Api(app)
-    for module in (service, deploy, deployments, projects, sites):
+    for module in (service, deploy, deployments, projects, releases, files, sites):
         api.register_blueprint(module.blp)
     # After flask-smorest's own handler, so that ours answer every error.
     errors.register(app)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import marshmallow as ma
 from marshmallow import fields, validate
 
+from libra_deploy.uploads import SHA256_PATTERN
+
 
 class ErrorSchema(ma.Schema):
     success = fields.Boolean(metadata={"example": False})
@@ -34,6 +36,21 @@ class HistoryMessageSchema(ma.Schema):
     content = fields.String(required=True)
 
 
+class HashedFileSchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    path = fields.String(required=True, metadata={"example": "assets/app.js"})
+    sha256 = fields.String(
+        required=True,
+        validate=validate.Regexp(SHA256_PATTERN, error="must be a SHA-256: 64 lower-case hexadecimal digits"),
+        metadata={
+            "description": "The file's SHA-256, uploaded before with PUT /projects/<id>/files/<sha256>",
+            "example": "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",
+        },
+    )
+
+
 class DeployRequestSchema(ma.Schema):
     class Meta:
         # Clients of the original service send extra keys; they are ignored, as there.
@@ -55,6 +72,11 @@ class DeployRequestSchema(ma.Schema):
         data_key="customDomain", allow_none=True, metadata={"example": "www.example.io"}
     )
     init_files = fields.List(fields.Nested(InitFileSchema), data_key="initFiles", load_default=list)
+    files = fields.List(
+        fields.Nested(HashedFileSchema),
+        load_default=list,
+        metadata={"description": "Files named by hash (uploaded before), besides or instead of initFiles"},
+    )
     replace_files = fields.Boolean(
         data_key="replaceFiles",
         load_default=False,
@@ -117,12 +139,32 @@ class DeploymentStatusSchema(ma.Schema):
     logs = fields.List(fields.String())
     error = fields.String()
     errorCode = fields.String()
-    url = fields.String(metadata={"example": "http://127.0.0.1:3008/sites/prj_01jd.../"})
+    url = fields.String(
+        metadata={
+            "description": "The project's live site",
+            "example": "http://127.0.0.1:3008/sites/prj_01jd.../",
+        }
+    )
+    deploymentUrl = fields.String(
+        metadata={
+            "description": "This deployment's own URL, for as long as retention keeps it (completed only)",
+            "example": "http://127.0.0.1:3008/sites/prj_01jd...@dep_01jd.../",
+        }
+    )
+    pinned = fields.Boolean(metadata={"description": "Kept by retention whatever its age"})
+    expiredAt = fields.String(metadata={"description": "When retention removed its files"})
     customDomain = fields.String()
     createdAt = fields.String(allow_none=True)
     startedAt = fields.String(allow_none=True)
     finishedAt = fields.String(allow_none=True)
     timestamp = fields.String()
+
+
+SPA_FALLBACK = {
+    "description": "Serve index.html (200) for a missing path without a file extension when the site "
+    "has no 404.html, as single-page apps need",
+    "example": True,
+}
 
 
 class ProjectCreateSchema(ma.Schema):
@@ -134,6 +176,17 @@ class ProjectCreateSchema(ma.Schema):
     )
     template = fields.String(allow_none=True)
     custom_domain = fields.String(data_key="customDomain", allow_none=True)
+    spa_fallback = fields.Boolean(data_key="spaFallback", load_default=True, metadata=SPA_FALLBACK)
+
+
+class ProjectUpdateSchema(ma.Schema):
+    """The project settings PATCH may change; a field left out keeps its value."""
+
+    class Meta:
+        unknown = ma.RAISE
+
+    name = fields.String(validate=validate.Length(min=1, max=200))
+    spa_fallback = fields.Boolean(data_key="spaFallback", metadata=SPA_FALLBACK)
 
 
 class ProjectSchema(ma.Schema):
@@ -150,6 +203,7 @@ class ProjectSchema(ma.Schema):
     productionDeployUrl = fields.String(attribute="production_deploy_url", allow_none=True)
     productionDeploymentId = fields.String(attribute="production_deployment_id", allow_none=True)
     fileCount = fields.Function(lambda p: len(p.source_manifest or {}))
+    spaFallback = fields.Boolean(attribute="spa_fallback", metadata=SPA_FALLBACK)
     createdAt = fields.DateTime(attribute="created_at")
     updatedAt = fields.DateTime(attribute="updated_at")
 
@@ -173,3 +227,75 @@ class ServiceInfoSchema(ma.Schema):
     description = fields.String()
     endpoints = fields.List(fields.String())
     docs = fields.String()
+
+
+class PromoteSchema(ma.Schema):
+    class Meta:
+        unknown = ma.RAISE
+
+    deployment_id = fields.String(
+        data_key="deploymentId",
+        required=True,
+        validate=validate.Length(min=1, max=100),
+        metadata={"description": "A completed deployment of the project", "example": "dep_01jdq3v5y8m6..."},
+    )
+
+
+class RollbackSchema(ma.Schema):
+    class Meta:
+        unknown = ma.RAISE
+
+    deployment_id = fields.String(
+        data_key="deploymentId",
+        validate=validate.Length(min=1, max=100),
+        metadata={
+            "description": "A completed deployment older than the live one; by default the newest of those"
+        },
+    )
+
+
+class PromotionSchema(ma.Schema):
+    success = fields.Boolean(metadata={"example": True})
+    projectId = fields.String()
+    deploymentId = fields.String(metadata={"description": "The deployment that is live now"})
+    previousDeploymentId = fields.String(
+        allow_none=True, metadata={"description": "The deployment that was live before"}
+    )
+    url = fields.String(metadata={"description": "The project's live site"})
+    deploymentUrl = fields.String(metadata={"description": "The live deployment's own URL"})
+    timestamp = fields.String()
+
+
+class PinSchema(ma.Schema):
+    success = fields.Boolean(metadata={"example": True})
+    deploymentId = fields.String()
+    pinned = fields.Boolean()
+    timestamp = fields.String()
+
+
+class FilesCheckSchema(ma.Schema):
+    class Meta:
+        unknown = ma.RAISE
+
+    hashes = fields.List(
+        fields.String(
+            validate=validate.Regexp(
+                SHA256_PATTERN, error="must be a SHA-256: 64 lower-case hexadecimal digits"
+            )
+        ),
+        required=True,
+        metadata={"description": "SHA-256 of every file the client means to deploy"},
+    )
+
+
+class FilesMissingSchema(ma.Schema):
+    missing = fields.List(
+        fields.String(),
+        metadata={"description": "The hashes to upload before deploying them, in request order"},
+    )
+
+
+class FileStoredSchema(ma.Schema):
+    success = fields.Boolean(metadata={"example": True})
+    sha256 = fields.String()
+    size = fields.Integer(metadata={"description": "Bytes stored"})

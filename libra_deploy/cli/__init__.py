@@ -34,9 +34,9 @@ def main() -> None:
 
 
 def _register() -> None:
-    from libra_deploy.cli import dlq, operators, up
+    from libra_deploy.cli import dlq, maintenance, operators, up
 
-    for command in (*operators.COMMANDS, dlq.dlq, up.up, up.migrate_command):
+    for command in (*operators.COMMANDS, dlq.dlq, maintenance.gc, up.up, up.migrate_command):
         main.add_command(command)
 
 

@@ -5,14 +5,25 @@ from __future__ import annotations
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from libra_deploy import domains
+from libra_deploy import domains, site_rules
 from libra_deploy.errors import Conflict, StepError
 from libra_deploy.models import Deployment, Project
+from libra_deploy.ports import Manifest
+from libra_deploy.sources import blob_key
 from libra_deploy.steps.runner import StepContext
+
+#: Warnings about _redirects and _headers logged per deployment; a broken file can have thousands.
+MAX_RULE_WARNINGS = 50
 
 
 def site_url(public_url: str, project_id: str) -> str:
+    """The project's live site: whichever deployment is live."""
     return f"{public_url}/sites/{project_id}/"
+
+
+def deployment_url(public_url: str, project_id: str, deployment_id: str) -> str:
+    """One deployment's own, immutable URL: it serves that deployment for as long as it is kept."""
+    return f"{public_url}/sites/{project_id}@{deployment_id}/"
 
 
 def execute(ctx: StepContext) -> str:
@@ -30,6 +41,7 @@ def execute(ctx: StepContext) -> str:
         f"Published {len(manifest)} files to the {target.name} target "
         f"({published.uploaded_files} uploaded, {published.uploaded_bytes} bytes)"
     )
+    _check_site_rules(ctx, manifest)
     entry = "index.html" if "index.html" in manifest else next(iter(manifest))
     if target.open(project.id, deployment.id, entry) is None:
         raise StepError(f"the {target.name} target does not serve {entry} after publishing", retryable=True)
@@ -38,7 +50,27 @@ def execute(ctx: StepContext) -> str:
     ctx.log(
         f"Live at {url}" + (f" and https://{deployment.custom_domain}/" if deployment.custom_domain else "")
     )
+    own_url = deployment_url(ctx.runtime.settings.public_url, project.id, deployment.id)
+    ctx.log(f"This deployment stays at {own_url}")
     return url
+
+
+def _check_site_rules(ctx: StepContext, manifest: Manifest) -> None:
+    """Parse the output's _redirects and _headers so that their mistakes show in the log."""
+    texts = {
+        name: site_rules.decode(ctx.runtime.store.get(blob_key(manifest[name]["sha256"])))
+        for name in site_rules.RULE_FILES
+        if name in manifest
+    }
+    if not texts:
+        return
+    rules = site_rules.parse(texts.get(site_rules.REDIRECTS), texts.get(site_rules.HEADERS))
+    ctx.log(f"Site rules: {len(rules.redirects)} redirects and rewrites, {len(rules.headers)} header rules")
+    for warning in rules.warnings[:MAX_RULE_WARNINGS]:
+        ctx.log(str(warning), "warning")
+    if len(rules.warnings) > MAX_RULE_WARNINGS:
+        more = len(rules.warnings) - MAX_RULE_WARNINGS
+        ctx.log(f"... and {more} more warnings about site rules", "warning")
 
 
 def record(session: Session, deployment: Deployment, project: Project, url: str) -> None:

@@ -10,7 +10,7 @@ from libra_deploy import accounts
 from libra_deploy.models import Project
 from web.api import Blueprint
 from web.context import db, principal
-from web.schemas import ErrorSchema, ProjectCreateSchema, ProjectSchema
+from web.schemas import ErrorSchema, ProjectCreateSchema, ProjectSchema, ProjectUpdateSchema
 
 blp = Blueprint("projects", __name__, url_prefix="/projects", description="Projects of your organisation")
 
@@ -31,6 +31,7 @@ class Projects(MethodView):
                 body["name"],
                 template=body.get("template"),
                 custom_domain=body.get("custom_domain"),
+                spa_fallback=body["spa_fallback"],
             )
 
 
@@ -41,3 +42,13 @@ class ProjectById(MethodView):
     def get(self, project_id: str) -> Project:
         """Get a project, with its live deployment and URL"""
         return accounts.get_project(db(), principal().org_id, project_id)
+
+    @blp.arguments(ProjectUpdateSchema)
+    @blp.response(200, ProjectSchema)
+    @blp.alt_response(400, schema=ErrorSchema, description="The body is invalid")
+    @blp.alt_response(404, schema=ErrorSchema, description="No such project in your organisation")
+    def patch(self, body: dict[str, Any], project_id: str) -> Project:
+        """Change a project's settings; the fields left out keep their values"""
+        session = db()
+        with session.begin():
+            return accounts.update_project(session, principal().org_id, project_id, body)

@@ -6,9 +6,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from libra_deploy import domains
+from libra_deploy import domains, templates
 from libra_deploy.errors import Conflict, InvalidInput, NotFound
 from libra_deploy.models import Organization, Project, User
+from libra_deploy.registry import SANDBOX_PROVIDERS
 
 
 def _name(value: str, what: str) -> str:
@@ -47,14 +48,32 @@ def create_user(session: Session, org_id: str, email: str) -> User:
 
 
 def create_project(
-    session: Session, org_id: str, name: str, *, template: str | None = None, custom_domain: str | None = None
+    session: Session,
+    org_id: str,
+    name: str,
+    *,
+    template: str | None = None,
+    custom_domain: str | None = None,
+    sandbox_provider: str | None = None,
 ) -> Project:
     get_organization(session, org_id)
+    if template is not None:
+        templates.get(template)
+    if sandbox_provider is not None and sandbox_provider not in SANDBOX_PROVIDERS:
+        raise InvalidInput(
+            f"unknown sandbox provider {sandbox_provider!r}; choose one of {', '.join(SANDBOX_PROVIDERS)}",
+            code="UNKNOWN_SANDBOX_PROVIDER",
+            details={"field": "sandboxProvider", "choices": list(SANDBOX_PROVIDERS)},
+        )
     domain = domains.normalize(custom_domain) if custom_domain else None
     if domain:
         domains.ensure_available(session, domain, project_id=None)
     project = Project(
-        org_id=org_id, name=_name(name, "a project name"), template=template, custom_domain=domain
+        org_id=org_id,
+        name=_name(name, "a project name"),
+        template=template,
+        custom_domain=domain,
+        sandbox_provider=sandbox_provider,
     )
     session.add(project)
     try:

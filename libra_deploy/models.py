@@ -107,6 +107,8 @@ class Project(Base):
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
     name: Mapped[str] = mapped_column(String(200))
     template: Mapped[str | None] = mapped_column(String(100))
+    #: The sandbox provider this project builds on; NULL means SANDBOX_BUILDER_DEFAULT_PROVIDER.
+    sandbox_provider: Mapped[str | None] = mapped_column(String(40))
     #: Normalised host name (IDNA ASCII, lower case). Unique across every organisation.
     custom_domain: Mapped[str | None] = mapped_column(String(253), unique=True)
     is_active: Mapped[bool] = mapped_column(Boolean, default=True)
@@ -147,6 +149,10 @@ class Deployment(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     custom_domain: Mapped[str | None] = mapped_column(String(253))
     url: Mapped[str | None] = mapped_column(String(2048))
+    #: The deployment's own immutable URL at the deploy target (Pages deployment URL, bucket prefix).
+    target_url: Mapped[str | None] = mapped_column(String(2048))
+    #: The tarred build output in the object store (built projects only).
+    artifact_key: Mapped[str | None] = mapped_column(String(300))
     #: What the client asked for, minus file contents:
     #: {"files": {path: {"sha256", "size"} | None (delete)}, "replaceFiles": bool}.
     request: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

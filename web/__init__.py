@@ -9,7 +9,7 @@ from libra_deploy import __version__
 from libra_deploy.config import Settings
 from libra_deploy.runtime import Runtime
 from web import auth, context, errors
-from web.api import deploy, projects, service, sites
+from web.api import deploy, projects, service, sites, templates
 from web.schemas import ErrorSchema
 
 
@@ -44,7 +44,7 @@ def create_app(runtime: Runtime | None = None) -> Flask:
     app.teardown_appcontext(context.close_db)
     auth.init_app(app)
     api = Api(app)
-    for module in (service, deploy, projects, sites):
+    for module in (service, deploy, projects, templates, sites):
         api.register_blueprint(module.blp)
     # After flask-smorest's own handler, so that ours answer every error.
     errors.register(app)

@@ -5,6 +5,8 @@ from __future__ import annotations
 import marshmallow as ma
 from marshmallow import fields, validate
 
+from libra_deploy.registry import SANDBOX_PROVIDERS
+
 
 class ErrorSchema(ma.Schema):
     success = fields.Boolean(metadata={"example": False})
@@ -119,6 +121,9 @@ class DeploymentStatusSchema(ma.Schema):
     errorCode = fields.String()
     url = fields.String(metadata={"example": "http://127.0.0.1:3008/sites/prj_01jd.../"})
     customDomain = fields.String()
+    targetUrl = fields.String(metadata={"description": "This deployment's own URL at the deploy target"})
+    logUrl = fields.String(metadata={"description": "A time-limited download of the full log"})
+    artifactUrl = fields.String(metadata={"description": "A time-limited download of the build output"})
     createdAt = fields.String(allow_none=True)
     startedAt = fields.String(allow_none=True)
     finishedAt = fields.String(allow_none=True)
@@ -132,8 +137,14 @@ class ProjectCreateSchema(ma.Schema):
     name = fields.String(
         required=True, validate=validate.Length(min=1, max=200), metadata={"example": "my-site"}
     )
-    template = fields.String(allow_none=True)
+    template = fields.String(allow_none=True, metadata={"description": "A template id from GET /templates"})
     custom_domain = fields.String(data_key="customDomain", allow_none=True)
+    sandbox_provider = fields.String(
+        data_key="sandboxProvider",
+        allow_none=True,
+        validate=validate.OneOf(list(SANDBOX_PROVIDERS)),
+        metadata={"description": "Where this project builds; omitted: the service's default"},
+    )
 
 
 class ProjectSchema(ma.Schema):
@@ -142,6 +153,7 @@ class ProjectSchema(ma.Schema):
     name = fields.String()
     template = fields.String(allow_none=True)
     customDomain = fields.String(attribute="custom_domain", allow_none=True)
+    sandboxProvider = fields.String(attribute="sandbox_provider", allow_none=True)
     isActive = fields.Boolean(attribute="is_active")
     deploymentStatus = fields.String(
         attribute="deployment_status",
@@ -152,6 +164,18 @@ class ProjectSchema(ma.Schema):
     fileCount = fields.Function(lambda p: len(p.source_manifest or {}))
     createdAt = fields.DateTime(attribute="created_at")
     updatedAt = fields.DateTime(attribute="updated_at")
+
+
+class TemplateSchema(ma.Schema):
+    id = fields.String(metadata={"example": "vite-react"})
+    title = fields.String(metadata={"example": "Vite + React"})
+    description = fields.String()
+    framework = fields.String(metadata={"example": "vite"})
+    files = fields.List(fields.String(), metadata={"description": "The files a project starts with"})
+
+
+class TemplateListSchema(ma.Schema):
+    templates = fields.List(fields.Nested(TemplateSchema))
 
 
 class HealthSchema(ma.Schema):

@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from libra_deploy import domains
 from libra_deploy.errors import Conflict, StepError
 from libra_deploy.models import Deployment, Project
+from libra_deploy.ports import CustomDomains
 from libra_deploy.steps.runner import StepContext
 
 
@@ -15,7 +18,14 @@ def site_url(public_url: str, project_id: str) -> str:
     return f"{public_url}/sites/{project_id}/"
 
 
-def execute(ctx: StepContext) -> str:
+@dataclass(frozen=True)
+class DeployResult:
+    url: str
+    #: The deployment's own URL at the target, when the target gives one.
+    target_url: str | None = None
+
+
+def execute(ctx: StepContext) -> DeployResult:
     deployment, project = ctx.deployment, ctx.project
     manifest = deployment.output_manifest or {}
     target = ctx.runtime.target
@@ -38,11 +48,22 @@ def execute(ctx: StepContext) -> str:
     ctx.log(
         f"Live at {url}" + (f" and https://{deployment.custom_domain}/" if deployment.custom_domain else "")
     )
-    return url
+    if published.url:
+        ctx.log(f"This deployment's own URL at the {target.name} target: {published.url}")
+    if deployment.custom_domain and isinstance(target, CustomDomains):
+        domain = target.attach_domain(project.id, deployment.custom_domain)
+        ctx.log(
+            f"Custom domain {deployment.custom_domain} at the {target.name} target: {domain.status}"
+            + (f" ({domain.detail})" if domain.detail else ""),
+            "warning" if domain.status == "error" else "info",
+        )
+    return DeployResult(url, published.url)
 
 
-def record(session: Session, deployment: Deployment, project: Project, url: str) -> None:
+def record(session: Session, deployment: Deployment, project: Project, result: DeployResult) -> None:
+    url = result.url
     deployment.url = url
+    deployment.target_url = result.target_url
     project.production_deploy_url = url
     project.production_deployment_id = deployment.id
     if deployment.custom_domain and project.custom_domain != deployment.custom_domain:

@@ -30,7 +30,8 @@ def execute(ctx: StepContext) -> SandboxRef:
 def prepare(ctx: StepContext) -> SandboxRef:
     """Create a sandbox holding the deployment's source tree."""
     deployment = ctx.deployment
-    provider = ctx.runtime.sandbox()
+    # The project's own provider when it chose one, else SANDBOX_BUILDER_DEFAULT_PROVIDER.
+    provider = ctx.runtime.sandbox(ctx.project.sandbox_provider)
     spec = SandboxSpec(deployment_id=deployment.id, lifetime_s=ctx.runtime.settings.deployment_timeout_s)
     sandbox_id = provider.create(spec)
     manifest = deployment.source_manifest or {}

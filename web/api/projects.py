@@ -31,6 +31,7 @@ class Projects(MethodView):
                 body["name"],
                 template=body.get("template"),
                 custom_domain=body.get("custom_domain"),
+                sandbox_provider=body.get("sandbox_provider"),
             )
 
 

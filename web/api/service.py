@@ -25,6 +25,7 @@ ENDPOINTS = [
     "GET /deploy-status?id=<deploymentId>",
     "POST /projects",
     "GET /projects/<projectId>",
+    "GET /templates",
     "GET /sites/<projectId>/<path>",
     "GET /health",
     "GET /docs",

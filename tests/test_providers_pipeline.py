@@ -140,3 +140,18 @@ def test_a_refusing_s3_endpoint_is_retried_and_then_fails_the_deployment(s3, run
     # Retryable: the step ran three times (the first attempt and two retries) before giving up.
     assert status["steps"]["deploy"]["attempts"] == 3
     assert "test-secret-access-key" not in json.dumps(status)
+
+
+def test_a_request_that_needs_a_refusing_store_is_503(s3, runtime):
+    env = s3.env(OBJECT_STORE="s3", S3_ENDPOINT_URL=refused_url())
+    with service_on(env) as (rt, client):
+        tenant = make_tenant(rt)
+        response = client.post(
+            "/deploy",
+            json={"projectId": tenant.project_id, "initFiles": [{"path": "index.html", "content": "x"}]},
+            headers=tenant.headers,
+        )
+    assert response.status_code == 503
+    body = response.get_json()
+    assert body["error"] == "PROVIDER_UNAVAILABLE"
+    assert "test-secret-access-key" not in body["message"]

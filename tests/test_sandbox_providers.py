@@ -184,6 +184,8 @@ E2B_ERRORS = [
     (e2b.TimeoutException("request timed out"), True, "PROVIDER_UNAVAILABLE"),
     (httpx.ConnectError("Connection refused"), True, "PROVIDER_UNAVAILABLE"),
     (e2b.SandboxException("502: bad gateway"), True, "PROVIDER_UNAVAILABLE"),
+    (e2b.SandboxException("Bad request", status_code=400), False, "PROVIDER_REJECTED"),
+    (e2b.SandboxException("422: invalid metadata"), False, "PROVIDER_REJECTED"),
     (
         e2b.AuthenticationException("401: Invalid API key e2b_test_key_0123456789"),
         False,

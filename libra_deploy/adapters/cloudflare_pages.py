@@ -27,6 +27,7 @@ import base64
 import contextlib
 import io
 import json
+import re
 import threading
 import time
 from collections.abc import Callable
@@ -50,6 +51,8 @@ from libra_deploy.ports import DomainStatus, Manifest, ObjectNotFound, ObjectSto
 from libra_deploy.redact import register_secret
 
 PROVIDER = "Cloudflare Pages"
+#: Our project and deployment ids (anything else in a /sites/ URL names nothing).
+_ID = re.compile(r"^[a-z]{2,5}_[0-9a-z]{26}$")
 PRODUCTION_BRANCH = "main"
 MAX_ASSET_BYTES = 25 * 1024 * 1024
 MAX_ASSET_COUNT_DEFAULT = 20_000
@@ -308,6 +311,8 @@ class CloudflarePagesTarget:
         return f"targets/cloudflare-pages/{project_id}/live"
 
     def _record(self, project_id: str, deployment_id: str) -> dict[str, Any] | None:
+        if not _ID.match(project_id) or not _ID.match(deployment_id):
+            return None
         key = (project_id, deployment_id)
         with self._lock:
             cached = self._cache.get(key)
@@ -487,6 +492,8 @@ class CloudflarePagesTarget:
             self._pointers[project_id] = (time.monotonic(), deployment_id)
 
     def live_deployment(self, project_id: str) -> str | None:
+        if not _ID.match(project_id):
+            return None
         with self._lock:
             cached = self._pointers.get(project_id)
         if cached is not None and time.monotonic() - cached[0] < POINTER_TTL_S:
@@ -500,10 +507,7 @@ class CloudflarePagesTarget:
         return live
 
     def open(self, project_id: str, deployment_id: str, path: str) -> SiteFile | None:
-        try:
-            record = self._record(project_id, deployment_id)
-        except ValueError:
-            return None
+        record = self._record(project_id, deployment_id)
         entry = (record or {}).get("manifest", {}).get(path)
         if entry is None:
             return None

@@ -14,6 +14,7 @@ SDK failures become :class:`ProviderError` with ``retryable`` decided by
 from __future__ import annotations
 
 import contextlib
+import re
 import shlex
 import threading
 import uuid
@@ -52,6 +53,7 @@ REQUEST_TIMEOUT_S = 120.0
 ARCHIVE_TIMEOUT_S = 300.0
 
 T = TypeVar("T")
+_LEADING_STATUS = re.compile(r"^([1-5]\d\d):")
 
 
 def e2b_error(action: str, exc: BaseException, *, creating: bool = False) -> ProviderError:
@@ -71,9 +73,11 @@ def e2b_error(action: str, exc: BaseException, *, creating: bool = False) -> Pro
         # A timeout, an unreachable or stopped sandbox, a refused connection: a fresh attempt helps.
         return provider_error(PROVIDER, action, detail, status=None)
     status = getattr(exc, "status_code", None)
-    return provider_error(
-        PROVIDER, action, detail, status=status if isinstance(status, int) else 500, creating=creating
-    )
+    if not isinstance(status, int):
+        # The SDK writes the HTTP status at the front of the message ("502: ...") when it has one.
+        leading = _LEADING_STATUS.match(detail)
+        status = int(leading.group(1)) if leading else 500
+    return provider_error(PROVIDER, action, detail, status=status, creating=creating)
 
 
 class E2BSandboxProvider:

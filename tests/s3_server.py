@@ -18,8 +18,8 @@ class S3Server:
     _server: ThreadedMotoServer
 
     @classmethod
-    def start(cls) -> S3Server:
-        server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    def start(cls, port: int = 0) -> S3Server:
+        server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
         server.start()
         host, port = server.get_host_and_port()
         return cls(f"http://{host}:{port}", server)

@@ -127,19 +127,31 @@ def test_the_service_on_cloudflare_pages(runtime, worker):
         fake.stop()
 
 
-def test_a_refusing_s3_endpoint_is_retried_and_then_fails_the_deployment(s3, runtime, worker):
-    env = s3.env(DEPLOY_TARGET="s3", S3_ENDPOINT_URL=refused_url())
+def test_a_refusing_s3_endpoint_is_retried_then_fails_and_works_once_it_answers(s3, runtime, worker):
+    endpoint = refused_url()
+    env = s3.env(DEPLOY_TARGET="s3", S3_ENDPOINT_URL=endpoint)
     with service_on(env) as (rt, client):
         tenant = make_tenant(rt)
         deployment_id = deploy(client, tenant, {"index.html": "x"})
         status = wait_for(client, tenant, deployment_id, timeout=180)
         wait_for_step(client, tenant, deployment_id, "cleanup", "completed")
-    assert status["status"] == "failed", status
-    assert status["errorCode"] == "PROVIDER_UNAVAILABLE"
-    assert status["steps"]["deploy"]["status"] == "failed"
-    # Retryable: the step ran three times (the first attempt and two retries) before giving up.
-    assert status["steps"]["deploy"]["attempts"] == 3
-    assert "test-secret-access-key" not in json.dumps(status)
+
+        assert status["status"] == "failed", status
+        assert status["errorCode"] == "PROVIDER_UNAVAILABLE"
+        assert status["steps"]["deploy"]["status"] == "failed"
+        # Retryable: the step ran three times (the first attempt and two retries) before giving up.
+        assert status["steps"]["deploy"]["attempts"] == 3
+        assert "test-secret-access-key" not in json.dumps(status)
+
+        # The endpoint answers again (a real S3 server on the same address): the same worker, which
+        # started while it was away, creates its bucket and publishes.
+        revived = S3Server.start(port=int(endpoint.rsplit(":", 1)[1]))
+        try:
+            again = wait_for(client, tenant, deploy(client, tenant, {}), timeout=120)
+            assert again["status"] == "completed", again
+            assert client.get(f"/sites/{tenant.project_id}/").get_data() == b"x"
+        finally:
+            revived.stop()
 
 
 def test_a_request_that_needs_a_refusing_store_is_503(s3, runtime):

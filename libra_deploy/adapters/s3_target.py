@@ -51,10 +51,21 @@ class _Missing(Exception):
 class S3Target:
     name = "s3"
 
-    def __init__(self, client: Any, bucket: str, *, public_url: str = "") -> None:
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        *,
+        public_url: str = "",
+        create_bucket: bool = False,
+        region: str = "auto",
+    ) -> None:
         self._client = client
         self.bucket = bucket
         self.public_url = public_url.rstrip("/")
+        self._create_bucket = create_bucket
+        self._region = region
+        self._ready = False
         self._manifests: dict[tuple[str, str], Manifest] = {}
         self._pointers: dict[str, tuple[float, str | None]] = {}
         self._lock = threading.Lock()
@@ -65,30 +76,45 @@ class S3Target:
         client = boto3.client(
             "s3", config=Config(**settings.s3_botocore_config()), **settings.s3_client_options()
         )
-        target = cls(client, settings.sites_bucket, public_url=settings.sites_public_url)
+        target = cls(
+            client,
+            settings.sites_bucket,
+            public_url=settings.sites_public_url,
+            create_bucket=settings.s3_create_buckets,
+            region=settings.s3_region,
+        )
         try:
-            target.check_bucket(create=settings.s3_create_buckets, region=settings.s3_region)
+            target.check_bucket()
         except ProviderError as exc:
-            # Unreachable now: every operation fails (retryably) until it answers.
+            # Unreachable at start-up: checked again before the first operation, which fails
+            # (retryably) for as long as the endpoint does not answer.
             if not exc.retryable:
                 raise
         return target
 
-    def check_bucket(self, *, create: bool, region: str) -> None:
+    def check_bucket(self) -> None:
+        """Make sure SITES_BUCKET exists (creating it when allowed); done once per process."""
+        with self._lock:
+            if self._ready:
+                return
         try:
             self._call("check bucket", self._client.head_bucket, Bucket=self.bucket)
-            return
         except _Missing:
-            pass
-        if not create:
-            raise ConfigError(
-                "SITES_BUCKET",
-                f"names bucket {self.bucket}, which does not exist (S3_CREATE_BUCKETS=1 creates it)",
-            )
-        options: dict[str, Any] = {"Bucket": self.bucket}
-        if region not in ("", "us-east-1"):
-            options["CreateBucketConfiguration"] = {"LocationConstraint": region}
-        self._call("create bucket", self._client.create_bucket, **options)
+            if not self._create_bucket:
+                raise ConfigError(
+                    "SITES_BUCKET",
+                    f"names bucket {self.bucket}, which does not exist (S3_CREATE_BUCKETS=1 creates it)",
+                ) from None
+            options: dict[str, Any] = {"Bucket": self.bucket}
+            if self._region not in ("", "us-east-1"):
+                options["CreateBucketConfiguration"] = {"LocationConstraint": self._region}
+            try:
+                self._call("create bucket", self._client.create_bucket, **options)
+            except ProviderError as exc:
+                if "BucketAlreadyOwnedByYou" not in exc.message:
+                    raise
+        with self._lock:
+            self._ready = True
 
     # Keys -----------------------------------------------------------------------------------------
 
@@ -139,6 +165,7 @@ class S3Target:
     def publish(
         self, project_id: str, deployment_id: str, manifest: Manifest, store: ObjectStore
     ) -> PublishResult:
+        self.check_bucket()
         prefix = self._prefix(project_id, deployment_id)
         # A retried publish finds what its first attempt wrote; a deployment's files never change.
         present = self._list(prefix)
@@ -216,6 +243,7 @@ class S3Target:
             self._put(prefix + path, store.get(f"blobs/{sha}"), path, sha)
 
     def activate(self, project_id: str, deployment_id: str) -> None:
+        self.check_bucket()
         try:
             self._call(
                 "check manifest",
@@ -244,6 +272,7 @@ class S3Target:
             cached = self._pointers.get(project_id)
         if cached is not None and time.monotonic() - cached[0] < POINTER_TTL_S:
             return cached[1]
+        self.check_bucket()
         try:
             response = self._call(
                 "read the live deployment",
@@ -267,6 +296,7 @@ class S3Target:
             return cached
         if not _ID.match(project_id) or not _ID.match(deployment_id):
             return None
+        self.check_bucket()
         try:
             response = self._call(
                 "read manifest",
@@ -303,6 +333,7 @@ class S3Target:
 
     def remove(self, project_id: str, deployment_id: str) -> None:
         """Delete a deployment's files and manifest. Other deployments keep their own copies."""
+        self.check_bucket()
         keys = sorted(self._list(self._prefix(project_id, deployment_id)))
         keys.append(self._manifest_key(project_id, deployment_id))
         for start in range(0, len(keys), 1000):

@@ -3,12 +3,22 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import tempfile
 import uuid
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import requests
+
+# moto's request recorder writes to ./moto_recording unless told otherwise, when moto is imported.
+os.environ.setdefault(
+    "MOTO_RECORDER_FILEPATH", str(Path(tempfile.gettempdir()) / f"libra-moto-recording-{os.getpid()}")
+)
+
+# Imported after the recorder location is set.
 from moto.server import ThreadedMotoServer
 
 

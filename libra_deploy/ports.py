@@ -149,7 +149,7 @@ class PresignedDownloads(Protocol):
     """An object store that can hand out time-limited download URLs (logs, artifacts)."""
 
     def presigned_url(self, key: str, *, expires_s: int = 3600) -> str:
-        """A URL anyone may GET ``key`` from until it expires; raises ObjectNotFound when absent."""
+        """A URL anyone may GET ``key`` from until it expires (made locally: the key is not checked)."""
         ...
 
 

@@ -157,7 +157,7 @@ class S3ObjectStore:
 
     def presigned_url(self, key: str, *, expires_s: int = 3600) -> str:
         """A time-limited GET URL for ``key``; signing is local, so this makes no request."""
-        bucket = self._bucket(key)
+        bucket = self._bucket_of(key)
         try:
             return str(
                 self._client.generate_presigned_url(

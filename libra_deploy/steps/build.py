@@ -25,7 +25,7 @@ from sqlalchemy.orm import Session
 from libra_deploy.builds import BuildPlan, plan_build
 from libra_deploy.errors import BuildFailed, LibraError
 from libra_deploy.models import Deployment, Project
-from libra_deploy.ports import Manifest, ObjectNotFound, SandboxProvider
+from libra_deploy.ports import Manifest, ObjectNotFound, ObjectStore, SandboxProvider
 from libra_deploy.sources import blob_key, sha256_hex
 from libra_deploy.steps import sandbox
 from libra_deploy.steps.runner import StepContext
@@ -35,6 +35,9 @@ CACHE_DIR = ".libra-cache"
 CACHE_ARCHIVE = f"{CACHE_DIR}/deps.tar.gz"
 #: Larger dependency trees are not cached (the transfer would cost more than the install).
 MAX_CACHE_BYTES = 512 * 1024 * 1024
+#: Output files checked against the store at once, and the bytes held before a batch is stored.
+STORE_BATCH_FILES = 256
+STORE_BATCH_BYTES = 64 * 1024 * 1024
 #: Time allowed to probe the toolchain and to pack or unpack the cache, beyond the build's own.
 SHORT_COMMAND_S = 60.0
 
@@ -204,20 +207,21 @@ def _collect_output(
     store = ctx.runtime.store
     for directory in plan.output_dirs:
         manifest: Manifest = {}
+        pending: dict[str, bytes] = {}
         stored = 0
         packed = io.BytesIO()
         with tarfile.open(fileobj=packed, mode="w:gz") as tar:
             for path, data in provider.read_files(sandbox_id, directory):
                 sha = sha256_hex(data)
-                key = blob_key(sha)
-                if store.missing([key]):
-                    store.put(key, data)
-                    stored += 1
+                pending[blob_key(sha)] = data
                 manifest[path] = {"sha256": sha, "size": len(data)}
                 info = tarfile.TarInfo(path)
                 info.size = len(data)
                 info.mtime = int(time.time())
                 tar.addfile(info, io.BytesIO(data))
+                if len(pending) >= STORE_BATCH_FILES or sum(map(len, pending.values())) >= STORE_BATCH_BYTES:
+                    stored += _store_blobs(store, pending)
+            stored += _store_blobs(store, pending)
         if manifest:
             size = sum(e["size"] for e in manifest.values())
             ctx.log(f"Build output: {directory}/ with {len(manifest)} files, {size} bytes ({stored} new)")
@@ -225,6 +229,18 @@ def _collect_output(
             store.put(artifact, packed.getvalue(), content_type="application/gzip")
             return dict(sorted(manifest.items())), artifact
     raise BuildFailed(f"the build produced no files in {', '.join(d + '/' for d in plan.output_dirs)}")
+
+
+def _store_blobs(store: ObjectStore, pending: dict[str, bytes]) -> int:
+    """Store the blobs the store lacks and empty ``pending``; return how many were new.
+
+    One existence check per batch: a remote store answers it with parallel requests.
+    """
+    missing = store.missing(pending)
+    for key in sorted(missing):
+        store.put(key, pending[key])
+    pending.clear()
+    return len(missing)
 
 
 def _store_log(ctx: StepContext, build: _Build) -> None:

@@ -133,6 +133,7 @@ class StubE2BHandle:
 
     def wait(self, *args: Any, **kwargs: Any) -> CommandResult[Any]:
         a = bind(CommandHandle.wait, self, *args, **kwargs)
+        self.m.enter("handle.wait")
         threads = _pump(self.proc, a["on_stdout"], a["on_stderr"])
         try:
             # As the SDK: the command stream is bounded by `timeout`; the process goes on running.

@@ -269,6 +269,25 @@ def test_a_failure_while_streaming_is_mapped(provider):
     assert raised.value.retryable is True
 
 
+@pytest.mark.parametrize(
+    "error",
+    [
+        e2b.SandboxUnreachableException("envd is not responding"),
+        e2b.SandboxNotRunningException("sandbox was killed"),
+    ],
+    ids=lambda e: type(e).__name__,
+)
+def test_an_e2b_sandbox_lost_mid_command_is_retryable_not_a_timeout(tmp_path, error):
+    StubE2BSandbox.reset(tmp_path)
+    adapter = E2BSandboxProvider(api_key="e2b_test_key_0123456789", sandbox_class=StubE2BSandbox)
+    sandbox_id = adapter.create(_spec())
+    StubE2BSandbox.machines[sandbox_id].failures["handle.wait"] = error
+    with pytest.raises(ProviderError) as raised:
+        adapter.run(sandbox_id, ["true"], env={}, timeout_s=10, on_output=lambda _l: None)
+    assert not isinstance(raised.value, DeploymentTimeout)
+    assert raised.value.retryable is True
+
+
 def test_the_api_key_secret_is_scrubbed_from_errors(tmp_path):
     settings = Settings.from_env(
         {"LIBRA_DATA_DIR": str(tmp_path), "E2B_API_KEY": "e2b_live_secret_987654321"}

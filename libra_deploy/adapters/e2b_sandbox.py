@@ -31,6 +31,8 @@ from e2b import (
     RateLimitException,
     Sandbox,
     SandboxException,
+    SandboxNotRunningException,
+    SandboxUnreachableException,
     ServiceBusyException,
     TemplateException,
     TimeoutException,
@@ -198,6 +200,9 @@ class E2BSandboxProvider:
             return int(result.exit_code)
         except CommandExitException as exc:
             return int(exc.exit_code)
+        except (SandboxNotRunningException, SandboxUnreachableException) as exc:
+            # The sandbox went away or cannot be reached, not our deadline: a fresh attempt helps.
+            raise e2b_error(f"run {shown}", exc) from None
         except TimeoutException:
             # The command stream hit our deadline: stop the process, not just our reading of it.
             with contextlib.suppress(SandboxException, httpx.HTTPError):

@@ -9,9 +9,10 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from libra_deploy import domains
+from libra_deploy import domains, templates
 from libra_deploy.errors import Conflict, InvalidInput, NotFound
 from libra_deploy.models import Organization, Project, User
+from libra_deploy.registry import SANDBOX_PROVIDERS
 
 
 def _name(value: str, what: str) -> str:
@@ -57,8 +58,17 @@ def create_project(
     template: str | None = None,
     custom_domain: str | None = None,
     spa_fallback: bool = True,
+    sandbox_provider: str | None = None,
 ) -> Project:
     get_organization(session, org_id)
+    if template is not None:
+        templates.get(template)
+    if sandbox_provider is not None and sandbox_provider not in SANDBOX_PROVIDERS:
+        raise InvalidInput(
+            f"unknown sandbox provider {sandbox_provider!r}; choose one of {', '.join(SANDBOX_PROVIDERS)}",
+            code="UNKNOWN_SANDBOX_PROVIDER",
+            details={"field": "sandboxProvider", "choices": list(SANDBOX_PROVIDERS)},
+        )
     domain = domains.normalize(custom_domain) if custom_domain else None
     if domain:
         domains.ensure_available(session, domain, project_id=None)
@@ -68,6 +78,7 @@ def create_project(
         template=template,
         custom_domain=domain,
         spa_fallback=spa_fallback,
+        sandbox_provider=sandbox_provider,
     )
     session.add(project)
     try:

@@ -12,6 +12,7 @@ and a test checks that they agree.
 from __future__ import annotations
 
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -19,13 +20,40 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from libra_deploy.errors import ConfigError
-from libra_deploy.redact import redact_url
+from libra_deploy.redact import redact_url, register_secret
 from libra_deploy.registry import DEPLOY_TARGETS, OBJECT_STORES, SANDBOX_PROVIDERS
 
 ENVIRONMENTS = ("development", "test", "production")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 MIB = 1024 * 1024
+
+#: Environment variable -> Settings field, for the settings that adapters require.
+ENV_FIELDS = {
+    "S3_ACCESS_KEY_ID": "s3_access_key_id",
+    "S3_SECRET_ACCESS_KEY": "s3_secret_access_key",
+    "SITES_BUCKET": "sites_bucket",
+    "CLOUDFLARE_ACCOUNT_ID": "cloudflare_account_id",
+    "CLOUDFLARE_API_TOKEN": "cloudflare_api_token",
+    "E2B_API_KEY": "e2b_api_key",
+    "DAYTONA_API_KEY": "daytona_api_key",
+}
+#: What each adapter cannot work without: (choosing setting, adapter name) -> required settings.
+REQUIRED_SETTINGS: dict[tuple[str, str], tuple[str, ...]] = {
+    ("SANDBOX_BUILDER_DEFAULT_PROVIDER", "e2b"): ("E2B_API_KEY",),
+    ("SANDBOX_BUILDER_DEFAULT_PROVIDER", "daytona"): ("DAYTONA_API_KEY",),
+    ("DEPLOY_TARGET", "s3"): ("SITES_BUCKET",),
+    ("DEPLOY_TARGET", "cloudflare-pages"): ("CLOUDFLARE_ACCOUNT_ID", "CLOUDFLARE_API_TOKEN"),
+}
+#: Settings whose values are secrets: never shown, and scrubbed from every error and log line.
+SECRET_SETTINGS = (
+    "S3_ACCESS_KEY_ID",
+    "S3_SECRET_ACCESS_KEY",
+    "CLOUDFLARE_API_TOKEN",
+    "E2B_API_KEY",
+    "DAYTONA_API_KEY",
+)
+SECRET_FIELDS = frozenset(ENV_FIELDS[name] for name in SECRET_SETTINGS)
 
 
 def _database_url(raw: str, data_dir: Path) -> str:
@@ -104,6 +132,32 @@ class Settings:
     gc_blob_grace_s: float = 3600.0
     #: How often retention and garbage collection run (celery beat, or libra-deploy up).
     gc_interval_s: float = 3600.0
+    # S3 API (OBJECT_STORE=s3, DEPLOY_TARGET=s3): R2, AWS S3, MinIO... through boto3.
+    s3_endpoint_url: str = ""
+    s3_region: str = "auto"
+    s3_access_key_id: str = field(default="", repr=False)
+    s3_secret_access_key: str = field(default="", repr=False)
+    s3_addressing_style: str = "path"
+    s3_create_buckets: bool = False
+    sites_bucket: str = ""
+    sites_public_url: str = ""
+    logs_bucket: str = "libra-deployment-logs"
+    artifacts_bucket: str = "libra-deployment-artifacts"
+    # Cloudflare (DEPLOY_TARGET=cloudflare-pages).
+    cloudflare_account_id: str = ""
+    cloudflare_api_token: str = field(default="", repr=False)
+    cloudflare_api_base_url: str = "https://api.cloudflare.com/client/v4"
+    cloudflare_zone_id: str = ""
+    cloudflare_pages_project_prefix: str = "libra-"
+    # Sandbox providers (SANDBOX_BUILDER_DEFAULT_PROVIDER, or a project's own choice).
+    e2b_api_key: str = field(default="", repr=False)
+    e2b_domain: str = ""
+    e2b_template: str = "base"
+    daytona_api_key: str = field(default="", repr=False)
+    daytona_api_url: str = ""
+    daytona_target: str = ""
+    daytona_snapshot: str = ""
+    daytona_image: str = ""
     extra: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -155,13 +209,55 @@ class Settings:
             "retention_keep": _int(env, "RETENTION_KEEP", 20, minimum=1),
             "gc_blob_grace_s": _float(env, "GC_BLOB_GRACE", 3600.0, minimum=0.0),
             "gc_interval_s": _float(env, "GC_INTERVAL", 3600.0, minimum=1.0),
+            "s3_endpoint_url": _url(env, "S3_ENDPOINT_URL"),
+            "s3_region": get("S3_REGION") or "auto",
+            "s3_access_key_id": get("S3_ACCESS_KEY_ID"),
+            "s3_secret_access_key": get("S3_SECRET_ACCESS_KEY"),
+            "s3_addressing_style": _choice(env, "S3_ADDRESSING_STYLE", "path", ("path", "virtual", "auto")),
+            "s3_create_buckets": _bool(env, "S3_CREATE_BUCKETS"),
+            "sites_bucket": _bucket(env, "SITES_BUCKET", ""),
+            "sites_public_url": _url(env, "SITES_PUBLIC_URL"),
+            "logs_bucket": _bucket(env, "LOGS_BUCKET", "libra-deployment-logs"),
+            "artifacts_bucket": _bucket(env, "ARTIFACTS_BUCKET", "libra-deployment-artifacts"),
+            "cloudflare_account_id": get("CLOUDFLARE_ACCOUNT_ID"),
+            "cloudflare_api_token": get("CLOUDFLARE_API_TOKEN"),
+            "cloudflare_api_base_url": _url(env, "CLOUDFLARE_API_BASE_URL")
+            or "https://api.cloudflare.com/client/v4",
+            "cloudflare_zone_id": get("CLOUDFLARE_ZONE_ID"),
+            "cloudflare_pages_project_prefix": _pages_prefix(env),
+            "e2b_api_key": get("E2B_API_KEY"),
+            "e2b_domain": get("E2B_DOMAIN"),
+            "e2b_template": get("E2B_TEMPLATE") or "base",
+            "daytona_api_key": get("DAYTONA_API_KEY"),
+            "daytona_api_url": _url(env, "DAYTONA_API_URL"),
+            "daytona_target": get("DAYTONA_TARGET"),
+            "daytona_snapshot": get("DAYTONA_SNAPSHOT"),
+            "daytona_image": get("DAYTONA_IMAGE"),
             "extra": dict(env),
         }
+        for name in SECRET_SETTINGS:
+            register_secret(values[ENV_FIELDS[name]])
+        if values["daytona_snapshot"] and values["daytona_image"]:
+            raise ConfigError("DAYTONA_IMAGE", "cannot be set together with DAYTONA_SNAPSHOT")
         if values["deployment_queue"] == values["deployment_dlq"]:
             raise ConfigError(
                 "DEPLOYMENT_DLQ_NAME", "must differ from DEPLOYMENT_QUEUE_NAME", values["deployment_dlq"]
             )
-        return cls(**values)
+        settings = cls(**values)
+        settings.require_adapter("SANDBOX_BUILDER_DEFAULT_PROVIDER", settings.sandbox_provider)
+        settings.require_adapter("DEPLOY_TARGET", settings.deploy_target)
+        settings.require_adapter("OBJECT_STORE", settings.object_store)
+        return settings
+
+    def require_adapter(self, setting: str, name: str) -> None:
+        """Raise ConfigError naming the first setting the chosen adapter needs and lacks."""
+        for required in REQUIRED_SETTINGS.get((setting, name), ()):
+            if not getattr(self, ENV_FIELDS[required]):
+                raise ConfigError(required, f"is required when {setting} is {name}")
+        if name == "s3" and bool(self.s3_access_key_id) != bool(self.s3_secret_access_key):
+            # Both keys, or neither (then boto3 finds credentials on its own: an instance role...).
+            lacking = "S3_SECRET_ACCESS_KEY" if self.s3_access_key_id else "S3_ACCESS_KEY_ID"
+            raise ConfigError(lacking, "is required when the other S3 key is set")
 
     # Derived values -------------------------------------------------------------------------------
 
@@ -182,6 +278,34 @@ class Settings:
         """Heartbeats come several times per timeout, so one late write never looks like a lost worker."""
         return min(self.heartbeat_timeout_s / 4, 10.0)
 
+    def s3_client_options(self) -> dict[str, Any]:
+        """Keyword arguments of ``boto3.client("s3", ...)`` for the S3 API in the settings."""
+        options: dict[str, Any] = {"region_name": self.s3_region}
+        if self.s3_endpoint_url:
+            options["endpoint_url"] = self.s3_endpoint_url
+        if self.s3_access_key_id:
+            options["aws_access_key_id"] = self.s3_access_key_id
+            options["aws_secret_access_key"] = self.s3_secret_access_key
+        return options
+
+    def s3_botocore_config(self) -> dict[str, Any]:
+        """Keyword arguments of ``botocore.config.Config`` that work against R2 as well as AWS S3.
+
+        boto3 >= 1.36 adds a CRC32 checksum to every upload unless told to send one only when
+        the operation requires it, and R2 refuses those trailers; path-style addressing is what
+        MinIO and loopback test servers need, and R2 accepts it.
+        """
+        return {
+            "signature_version": "s3v4",
+            "request_checksum_calculation": "when_required",
+            "response_checksum_validation": "when_required",
+            "s3": {"addressing_style": self.s3_addressing_style},
+            # A few quick attempts inside one call; the step's own retries take over after that.
+            "retries": {"max_attempts": 3, "mode": "standard"},
+            "connect_timeout": 10,
+            "read_timeout": 60,
+        }
+
     def describe(self) -> dict[str, Any]:
         """Settings as shown to an operator (URLs with their passwords removed)."""
         shown: dict[str, Any] = {}
@@ -191,6 +315,8 @@ class Settings:
             value = getattr(self, f.name)
             if f.name in ("database_url", "broker_url"):
                 value = redact_url(value)
+            elif f.name in SECRET_FIELDS and value:
+                value = "***"
             shown[f.name] = str(value) if isinstance(value, Path) else value
         return shown
 
@@ -232,6 +358,46 @@ def _choice(
     if value not in choices:
         raise ConfigError(name, f"must be one of {', '.join(choices)}", raw)
     return value
+
+
+def _bool(env: Mapping[str, str], name: str) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if raw in ("", "0", "false", "no", "off"):
+        return False
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    raise ConfigError(name, "must be 1 or 0 (true or false)", raw)
+
+
+def _url(env: Mapping[str, str], name: str) -> str:
+    raw = env.get(name, "").strip()
+    if not raw:
+        return ""
+    parts = urlsplit(raw)
+    if parts.scheme not in ("http", "https") or not parts.netloc:
+        raise ConfigError(name, "must be an absolute http(s) URL", raw)
+    return raw.rstrip("/")
+
+
+# S3 bucket naming rules (the subset every S3 API accepts, R2 included).
+_BUCKET = re.compile(r"^(?!xn--)[a-z0-9][a-z0-9-]{1,61}[a-z0-9]$")
+
+
+def _bucket(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, "").strip() or default
+    if raw and not _BUCKET.match(raw):
+        raise ConfigError(name, "must be a bucket name: 3 to 63 lower-case letters, digits and '-'", raw)
+    return raw
+
+
+def _pages_prefix(env: Mapping[str, str]) -> str:
+    # Pages project names are [a-z0-9-], at most 58 characters; a project id adds 30 of them.
+    raw = env.get("CLOUDFLARE_PAGES_PROJECT_PREFIX", "libra-").strip().lower()
+    if not re.fullmatch(r"[a-z0-9][a-z0-9-]{0,27}|", raw):
+        raise ConfigError(
+            "CLOUDFLARE_PAGES_PROJECT_PREFIX", "may hold up to 28 lower-case letters, digits and '-'", raw
+        )
+    return raw
 
 
 def _name(env: Mapping[str, str], name: str, default: str) -> str:

@@ -29,10 +29,14 @@ from libra_deploy.models import (
     ProjectStatus,
     StepStatus,
 )
-from libra_deploy.ports import ObjectStore
+from libra_deploy.ports import ObjectStore, PresignedDownloads
 from libra_deploy.sources import IncomingFile, blob_key, check_tree, decode_init_files
 from libra_deploy.steps import STEPS
+from libra_deploy.steps.cleanup import log_key
 from libra_deploy.steps.deploy import deployment_url
+
+#: How long a presigned log or artifact URL in a status body stays valid.
+DOWNLOAD_URL_TTL_S = 3600
 
 
 @dataclass(frozen=True)
@@ -230,8 +234,14 @@ def _iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z") if value else None
 
 
-def status_body(session: Session, settings: Settings, deployment: Deployment) -> dict[str, Any]:
-    """The seed's /deploy-status body, from the recorded steps and the newest log lines."""
+def status_body(
+    session: Session, settings: Settings, deployment: Deployment, store: ObjectStore | None = None
+) -> dict[str, Any]:
+    """The seed's /deploy-status body, from the recorded steps and the newest log lines.
+
+    When the object store can presign downloads (``OBJECT_STORE=s3``), a finished deployment also
+    carries ``logUrl`` (its full log) and, when it was built, ``artifactUrl`` (the output, tarred).
+    """
     steps: dict[str, dict[str, Any]] = {}
     for step in deployment.steps:
         entry: dict[str, Any] = {"status": step.status}
@@ -274,4 +284,12 @@ def status_body(session: Session, settings: Settings, deployment: Deployment) ->
         body["expiredAt"] = _iso(deployment.expired_at)
     if deployment.custom_domain:
         body["customDomain"] = deployment.custom_domain
+    if deployment.target_url:
+        body["targetUrl"] = deployment.target_url
+    if isinstance(store, PresignedDownloads) and deployment.finished_at is not None:
+        cleanup = next((s for s in deployment.steps if s.step == "cleanup"), None)
+        if cleanup is not None and cleanup.status == StepStatus.COMPLETED:
+            body["logUrl"] = store.presigned_url(log_key(deployment.id), expires_s=DOWNLOAD_URL_TTL_S)
+        if deployment.artifact_key:
+            body["artifactUrl"] = store.presigned_url(deployment.artifact_key, expires_s=DOWNLOAD_URL_TTL_S)
     return body

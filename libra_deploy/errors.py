@@ -160,3 +160,33 @@ def as_step_error(exc: BaseException) -> StepError:
             f"a connection failed: {type(exc).__name__}", code="CONNECTION_FAILED", retryable=True
         )
     return StepError(f"internal error ({type(exc).__name__})", code="INTERNAL_ERROR")
+
+
+#: HTTP statuses worth another attempt: a timeout, "too early", a rate limit, the provider's own failures.
+RETRYABLE_STATUSES = frozenset({408, 425, 429, 500, 502, 503, 504})
+
+
+def provider_error(
+    provider: str, action: str, detail: str, *, status: int | None, creating: bool = False
+) -> ProviderError:
+    """The one policy that turns a provider's failure into a ProviderError with ``retryable`` set.
+
+    ``status`` is the HTTP status the provider answered, or None when no answer came (refused or
+    lost connection, timeout): those are worth another attempt, as are the RETRYABLE_STATUSES.
+    Authentication and permission failures are permanent, and so is a 404 while ``creating`` (the
+    template, snapshot or project named in the settings does not exist); a 404 on anything else
+    means a resource vanished under us (a reaped sandbox), which a fresh attempt recreates.
+    """
+    where = f"{provider}: {action} failed"
+    if status is None:
+        return ProviderError(f"{where}: {detail}", code="PROVIDER_UNAVAILABLE", retryable=True)
+    message = f"{where} ({status}): {detail}"
+    if status in (401, 403):
+        return ProviderError(message, code="PROVIDER_UNAUTHORIZED", retryable=False)
+    if status == 429:
+        return ProviderError(message, code="PROVIDER_RATE_LIMITED", retryable=True)
+    if status in RETRYABLE_STATUSES:
+        return ProviderError(message, code="PROVIDER_UNAVAILABLE", retryable=True)
+    if status == 404 and not creating:
+        return ProviderError(message, code="PROVIDER_NOT_FOUND", retryable=True)
+    return ProviderError(message, code="PROVIDER_REJECTED", retryable=False)

@@ -153,6 +153,10 @@ class Deployment(Base):
     error_message: Mapped[str | None] = mapped_column(Text)
     custom_domain: Mapped[str | None] = mapped_column(String(253))
     url: Mapped[str | None] = mapped_column(String(2048))
+    #: The deployment's own immutable URL at the deploy target (Pages deployment URL, bucket prefix).
+    target_url: Mapped[str | None] = mapped_column(String(2048))
+    #: The tarred build output in the object store (built projects only).
+    artifact_key: Mapped[str | None] = mapped_column(String(300))
     #: What the client asked for, minus file contents:
     #: {"files": {path: {"sha256", "size"} | None (delete)}, "replaceFiles": bool}.
     request: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)

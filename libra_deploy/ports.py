@@ -115,6 +115,9 @@ class SiteFile:
 class PublishResult:
     uploaded_files: int
     uploaded_bytes: int
+    #: The deployment's own immutable URL at the target (a Pages deployment URL, SITES_PUBLIC_URL
+    #: plus its prefix), when the target gives it one.
+    url: str | None = None
 
 
 @runtime_checkable
@@ -149,4 +152,35 @@ class DeployTarget(Protocol):
         was never published, or was removed already, is not an error. The caller (retention)
         never removes the live deployment.
         """
+        ...
+
+
+# Capabilities only some adapters have; callers check with isinstance. ----------------------------
+
+
+@runtime_checkable
+class PresignedDownloads(Protocol):
+    """An object store that can hand out time-limited download URLs (logs, artifacts)."""
+
+    def presigned_url(self, key: str, *, expires_s: int = 3600) -> str:
+        """A URL anyone may GET ``key`` from until it expires (made locally: the key is not checked)."""
+        ...
+
+
+@dataclass(frozen=True)
+class DomainStatus:
+    """Where attaching a custom domain stands at the target."""
+
+    #: active, pending, or error (the target's own words mapped onto these three)
+    status: str
+    #: What the user still has to do, or what went wrong (a DNS record to add...).
+    detail: str = ""
+
+
+@runtime_checkable
+class CustomDomains(Protocol):
+    """A deploy target that serves custom domains itself and must be told about them."""
+
+    def attach_domain(self, project_id: str, domain: str) -> DomainStatus:
+        """Attach ``domain`` to the project's site (idempotent) and report its validation status."""
         ...

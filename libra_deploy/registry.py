@@ -17,12 +17,17 @@ if TYPE_CHECKING:
 
 SANDBOX_PROVIDERS = {
     "local": "libra_deploy.adapters.local_sandbox:LocalSandboxProvider",
+    "e2b": "libra_deploy.adapters.e2b_sandbox:E2BSandboxProvider",
+    "daytona": "libra_deploy.adapters.daytona_sandbox:DaytonaSandboxProvider",
 }
 DEPLOY_TARGETS = {
     "local": "libra_deploy.adapters.local_target:LocalStaticTarget",
+    "s3": "libra_deploy.adapters.s3_target:S3Target",
+    "cloudflare-pages": "libra_deploy.adapters.cloudflare_pages:CloudflarePagesTarget",
 }
 OBJECT_STORES = {
     "local": "libra_deploy.adapters.local_store:LocalObjectStore",
+    "s3": "libra_deploy.adapters.s3_store:S3ObjectStore",
 }
 
 

@@ -3,7 +3,7 @@
 The stack is chosen once per pytest process by ``LIBRA_TEST_STACK`` (the README's test command runs
 the suite once per stack):
 
-``postgres-redis`` (default)  PostgreSQL (a fresh database per run) and Redis (``LIBRA_TEST_REDIS_DB``)
+``postgres-redis`` (default)  PostgreSQL (a fresh database per run) and Redis (a database of its own)
 ``postgres-rabbitmq``         PostgreSQL and RabbitMQ (a fresh virtual host per run)
 ``embedded``                  SQLite and the embedded broker, as ``libra-deploy up`` runs them
 
@@ -30,8 +30,27 @@ if STACK not in STACKS:
 
 PG_ADMIN_URL = os.environ.get("LIBRA_TEST_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
 REDIS_URL = os.environ.get("LIBRA_TEST_REDIS_URL", "redis://127.0.0.1:6379")
-REDIS_DB = int(os.environ.get("LIBRA_TEST_REDIS_DB", "15"))
 RUN_ID = uuid.uuid4().hex[:10]
+REDIS_LOCK = "libra-test-run"
+
+
+def _claim_redis_db() -> int:
+    """A Redis database for this run alone, so that runs on one machine never share a queue.
+
+    ``LIBRA_TEST_REDIS_DB`` picks one; otherwise the first empty database this run can lock is
+    taken (the lock expires, so a crashed run gives its database back within the hour).
+    """
+    import redis
+
+    forced = os.environ.get("LIBRA_TEST_REDIS_DB")
+    if forced:
+        return int(forced)
+    for db in range(1, 16):
+        client = redis.Redis.from_url(f"{REDIS_URL}/{db}")
+        if client.dbsize() == 0 and client.set(REDIS_LOCK, RUN_ID, nx=True, ex=3600):
+            return db
+    raise pytest.UsageError(f"no free database on the Redis at {REDIS_URL}: set LIBRA_TEST_REDIS_DB")
+
 
 DATA_DIR = Path(tempfile.mkdtemp(prefix="libra-test-"))
 PG_DATABASE = f"libra_test_{RUN_ID}"
@@ -61,6 +80,7 @@ if STACK == "embedded":
 else:
     os.environ["DATABASE_URL"] = _pg_url(PG_DATABASE)
     if STACK == "postgres-redis":
+        REDIS_DB = _claim_redis_db()
         os.environ["CELERY_BROKER_URL"] = f"{REDIS_URL}/{REDIS_DB}"
     else:
         os.environ["CELERY_BROKER_URL"] = f"amqp://guest:guest@127.0.0.1:5672/{RABBIT_VHOST}"
@@ -72,16 +92,18 @@ def pytest_report_header(config: pytest.Config) -> str:
 
 @pytest.fixture(scope="session")
 def services() -> object:
+    """Create this run's database, broker namespace and data directory; remove them afterwards."""
     import tests.fakes  # noqa: F401 - registers the fake adapters before anything uses the registry
 
-    """Create this run's database, broker namespace and data directory; remove them afterwards."""
     if STACK != "embedded":
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{PG_DATABASE}"')
     if STACK == "postgres-redis":
         import redis
 
-        redis.Redis.from_url(f"{REDIS_URL}/{REDIS_DB}").flushdb()
+        client = redis.Redis.from_url(os.environ["CELERY_BROKER_URL"])
+        client.flushdb()
+        client.set(REDIS_LOCK, RUN_ID, ex=24 * 3600)
     if STACK == "postgres-rabbitmq":
         _rabbitmqctl("add_vhost", RABBIT_VHOST)
         _rabbitmqctl("set_permissions", "-p", RABBIT_VHOST, "guest", ".*", ".*", ".*")
@@ -89,6 +111,8 @@ def services() -> object:
     if STACK != "embedded":
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'DROP DATABASE IF EXISTS "{PG_DATABASE}" WITH (FORCE)')
+    if STACK == "postgres-redis":
+        redis.Redis.from_url(os.environ["CELERY_BROKER_URL"]).flushdb()
     if STACK == "postgres-rabbitmq":
         _rabbitmqctl("delete_vhost", RABBIT_VHOST)
     shutil.rmtree(DATA_DIR, ignore_errors=True)

@@ -156,3 +156,29 @@ def test_up_prints_a_demo_token_that_works(embedded_env):
         assert response.json()["name"] == "demo-site"
     finally:
         _stop(proc)
+
+
+def test_projects_create_takes_a_template_and_a_sandbox_provider(embedded_env):
+    org_id = run(embedded_env, "orgs", "create", "Acme").stdout.strip()
+    made = run(
+        embedded_env,
+        "projects",
+        "create",
+        "--org",
+        org_id,
+        "--template",
+        "vite-react",
+        "--sandbox-provider",
+        "daytona",
+        "app",
+    )
+    assert made.returncode == 0, made.stderr
+    assert made.stdout.strip().startswith("prj_")
+    refused = run(embedded_env, "projects", "create", "--org", org_id, "--sandbox-provider", "docker", "app")
+    assert refused.returncode != 0
+    assert "docker" in refused.stderr
+    unknown = run(embedded_env, "projects", "create", "--org", org_id, "--template", "wordpress", "app")
+    assert unknown.returncode == 1
+    assert unknown.stderr.strip() == (
+        "libra-deploy: unknown template 'wordpress'; choose one of static, vite-react"
+    )

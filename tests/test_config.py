@@ -137,3 +137,59 @@ def test_a_bad_setting_stops_start_up_with_one_clear_line(tmp_path, command):
     ]
     assert result.stdout == ""
     assert sys.executable  # the venv's interpreter ran the commands
+
+
+def test_provider_settings_have_their_defaults(tmp_path):
+    settings = Settings.from_env({"LIBRA_DATA_DIR": str(tmp_path)})
+    assert settings.s3_region == "auto"
+    assert settings.logs_bucket == "libra-deployment-logs"
+    assert settings.artifacts_bucket == "libra-deployment-artifacts"
+    assert settings.s3_create_buckets is False
+    assert settings.cloudflare_api_base_url == "https://api.cloudflare.com/client/v4"
+    assert settings.s3_botocore_config()["request_checksum_calculation"] == "when_required"
+
+
+@pytest.mark.parametrize(
+    ("env", "name"),
+    [
+        ({"S3_ENDPOINT_URL": "minio:9000"}, "S3_ENDPOINT_URL"),
+        ({"S3_CREATE_BUCKETS": "maybe"}, "S3_CREATE_BUCKETS"),
+        ({"LOGS_BUCKET": "Logs_Bucket"}, "LOGS_BUCKET"),
+        ({"SITES_PUBLIC_URL": "sites.example.io"}, "SITES_PUBLIC_URL"),
+        ({"CLOUDFLARE_API_BASE_URL": "api.cloudflare.com"}, "CLOUDFLARE_API_BASE_URL"),
+        ({"CLOUDFLARE_PAGES_PROJECT_PREFIX": "Bad_Prefix"}, "CLOUDFLARE_PAGES_PROJECT_PREFIX"),
+        ({"DAYTONA_SNAPSHOT": "s", "DAYTONA_IMAGE": "node:20"}, "DAYTONA_IMAGE"),
+        ({"OBJECT_STORE": "s3", "S3_ACCESS_KEY_ID": "AKIA0123"}, "S3_SECRET_ACCESS_KEY"),
+    ],
+)
+def test_a_malformed_provider_setting_names_itself(env, name):
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env(env)
+    assert raised.value.setting == name
+
+
+def test_secrets_are_never_shown(tmp_path):
+    env = {
+        "LIBRA_DATA_DIR": str(tmp_path),
+        "S3_ACCESS_KEY_ID": "AKIAEXAMPLEKEYID0001",
+        "S3_SECRET_ACCESS_KEY": "s3-secret-value-0001",
+        "CLOUDFLARE_API_TOKEN": "cf-token-value-0001",
+        "E2B_API_KEY": "e2b-key-value-0001",
+        "DAYTONA_API_KEY": "daytona-key-value-0001",
+    }
+    settings = Settings.from_env(env)
+    shown = repr(settings) + str(settings.describe())
+    for name in (
+        "S3_ACCESS_KEY_ID",
+        "S3_SECRET_ACCESS_KEY",
+        "CLOUDFLARE_API_TOKEN",
+        "E2B_API_KEY",
+        "DAYTONA_API_KEY",
+    ):
+        assert env[name] not in shown
+    # Registered secrets are scrubbed from any error, wherever an SDK put them.
+    error = ConfigError("X", f"failed with header Authorization: Bearer {env['CLOUDFLARE_API_TOKEN']}")
+    assert env["CLOUDFLARE_API_TOKEN"] not in str(error)
+    from libra_deploy.errors import ProviderError
+
+    assert "daytona-key-value-0001" not in str(ProviderError("key daytona-key-value-0001 refused"))

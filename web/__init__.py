@@ -9,7 +9,7 @@ from libra_deploy import __version__
 from libra_deploy.config import Settings
 from libra_deploy.runtime import Runtime
 from web import auth, context, errors
-from web.api import deploy, deployments, files, projects, releases, service, sites
+from web.api import deploy, deployments, files, projects, releases, service, sites, templates
 from web.schemas import ErrorSchema
 
 
@@ -45,7 +45,7 @@ def create_app(runtime: Runtime | None = None) -> Flask:
     sites.init_app(app)
     auth.init_app(app)
     api = Api(app)
-    for module in (service, deploy, deployments, projects, releases, files, sites):
+    for module in (service, deploy, deployments, projects, releases, files, templates, sites):
         api.register_blueprint(module.blp)
     # After flask-smorest's own handler, so that ours answer every error.
     errors.register(app)

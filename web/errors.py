@@ -75,6 +75,9 @@ def _respond(status: int, body: dict[str, Any], headers: dict[str, str] | None =
 
 def handle_libra_error(error: LibraError) -> Response:
     status = next((s for cls, s in STATUS.items() if isinstance(error, cls)), 500)
+    if status == 500 and error.retryable:
+        # A provider the request needs (the object store, a bucket behind /sites/) is away for now.
+        status = 503
     headers = {}
     if isinstance(error, TooManyRequests):
         headers["Retry-After"] = str(error.retry_after)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import marshmallow as ma
 from marshmallow import fields, validate
 
+from libra_deploy.registry import SANDBOX_PROVIDERS
 from libra_deploy.uploads import SHA256_PATTERN
 
 
@@ -154,6 +155,9 @@ class DeploymentStatusSchema(ma.Schema):
     pinned = fields.Boolean(metadata={"description": "Kept by retention whatever its age"})
     expiredAt = fields.String(metadata={"description": "When retention removed its files"})
     customDomain = fields.String()
+    targetUrl = fields.String(metadata={"description": "This deployment's own URL at the deploy target"})
+    logUrl = fields.String(metadata={"description": "A time-limited download of the full log"})
+    artifactUrl = fields.String(metadata={"description": "A time-limited download of the build output"})
     createdAt = fields.String(allow_none=True)
     startedAt = fields.String(allow_none=True)
     finishedAt = fields.String(allow_none=True)
@@ -174,9 +178,15 @@ class ProjectCreateSchema(ma.Schema):
     name = fields.String(
         required=True, validate=validate.Length(min=1, max=200), metadata={"example": "my-site"}
     )
-    template = fields.String(allow_none=True)
+    template = fields.String(allow_none=True, metadata={"description": "A template id from GET /templates"})
     custom_domain = fields.String(data_key="customDomain", allow_none=True)
     spa_fallback = fields.Boolean(data_key="spaFallback", load_default=True, metadata=SPA_FALLBACK)
+    sandbox_provider = fields.String(
+        data_key="sandboxProvider",
+        allow_none=True,
+        validate=validate.OneOf(list(SANDBOX_PROVIDERS)),
+        metadata={"description": "Where this project builds; omitted: the service's default"},
+    )
 
 
 class ProjectUpdateSchema(ma.Schema):
@@ -195,6 +205,7 @@ class ProjectSchema(ma.Schema):
     name = fields.String()
     template = fields.String(allow_none=True)
     customDomain = fields.String(attribute="custom_domain", allow_none=True)
+    sandboxProvider = fields.String(attribute="sandbox_provider", allow_none=True)
     isActive = fields.Boolean(attribute="is_active")
     deploymentStatus = fields.String(
         attribute="deployment_status",
@@ -206,6 +217,18 @@ class ProjectSchema(ma.Schema):
     spaFallback = fields.Boolean(attribute="spa_fallback", metadata=SPA_FALLBACK)
     createdAt = fields.DateTime(attribute="created_at")
     updatedAt = fields.DateTime(attribute="updated_at")
+
+
+class TemplateSchema(ma.Schema):
+    id = fields.String(metadata={"example": "vite-react"})
+    title = fields.String(metadata={"example": "Vite + React"})
+    description = fields.String()
+    framework = fields.String(metadata={"example": "vite"})
+    files = fields.List(fields.String(), metadata={"description": "The files a project starts with"})
+
+
+class TemplateListSchema(ma.Schema):
+    templates = fields.List(fields.Nested(TemplateSchema))
 
 
 class HealthSchema(ma.Schema):

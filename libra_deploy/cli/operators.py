@@ -15,6 +15,7 @@ from sqlalchemy.orm import Session
 from libra_deploy import accounts, auth, migrate
 from libra_deploy.config import Settings
 from libra_deploy.db import make_engine, make_sessionmaker, transaction
+from libra_deploy.registry import SANDBOX_PROVIDERS
 
 
 @contextmanager
@@ -88,12 +89,25 @@ def projects() -> None:
 @click.option("--org", "org_id", required=True, help="Organisation id")
 @click.option("--template", default=None, help="A template shipped with the service")
 @click.option("--domain", "custom_domain", default=None, help="A custom domain to attach")
+@click.option(
+    "--sandbox-provider",
+    type=click.Choice(list(SANDBOX_PROVIDERS)),
+    default=None,
+    help="Where the project builds (default: SANDBOX_BUILDER_DEFAULT_PROVIDER)",
+)
 @click.argument("name")
-def create_project(org_id: str, name: str, template: str | None, custom_domain: str | None) -> None:
+def create_project(
+    org_id: str, name: str, template: str | None, custom_domain: str | None, sandbox_provider: str | None
+) -> None:
     """Create a project; print its id."""
     with database() as session:
         project = accounts.create_project(
-            session, org_id, name, template=template, custom_domain=custom_domain
+            session,
+            org_id,
+            name,
+            template=template,
+            custom_domain=custom_domain,
+            sandbox_provider=sandbox_provider,
         )
     click.echo(f"created project {project.name} in {org_id}", err=True)
     click.echo(project.id)

@@ -1,25 +1,53 @@
 """Step 4: build the project in its sandbox and store the output content-addressed.
 
 Success is judged by exit codes, never by words in the output. A failing command fails the step
-with the last lines of its output in the error, so the cause is visible without opening the logs.
+with the last lines of its output in the error, so the cause is visible without opening the logs;
+the whole build output is kept in the object store (``logs/<deployment>/build.log``).
+
+Dependencies are cached per organisation, keyed by the package manager, the Node major version, the
+sandbox provider and the lockfile's hash: a hit restores ``node_modules`` into the sandbox and skips
+the install; a miss installs, then stores the tarred ``node_modules`` for the next build. The cache
+is scoped to the organisation because an install runs the project's own scripts, which could plant
+anything in ``node_modules``; a cache shared across organisations would carry that to others.
 """
 
 from __future__ import annotations
 
+import hashlib
+import io
+import tarfile
+import time
 from collections import deque
 from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
 from libra_deploy.builds import BuildPlan, plan_build
-from libra_deploy.errors import BuildFailed
+from libra_deploy.errors import BuildFailed, LibraError
 from libra_deploy.models import Deployment, Project
-from libra_deploy.ports import Manifest, SandboxProvider
+from libra_deploy.ports import Manifest, ObjectNotFound, ObjectStore, SandboxProvider
 from libra_deploy.sources import blob_key, sha256_hex
 from libra_deploy.steps import sandbox
 from libra_deploy.steps.runner import StepContext
 
 TAIL_LINES = 20
+CACHE_DIR = ".libra-cache"
+CACHE_ARCHIVE = f"{CACHE_DIR}/deps.tar.gz"
+#: Larger dependency trees are not cached (the transfer would cost more than the install).
+MAX_CACHE_BYTES = 512 * 1024 * 1024
+#: Output files checked against the store at once, and the bytes held before a batch is stored.
+STORE_BATCH_FILES = 256
+STORE_BATCH_BYTES = 64 * 1024 * 1024
+#: Time allowed to probe the toolchain and to pack or unpack the cache, beyond the build's own.
+SHORT_COMMAND_S = 60.0
+
+
+def build_log_key(deployment_id: str) -> str:
+    return f"logs/{deployment_id}/build.log"
+
+
+def artifact_key(deployment_id: str) -> str:
+    return f"artifacts/{deployment_id}/output.tar.gz"
 
 
 @dataclass(frozen=True)
@@ -27,65 +55,206 @@ class BuildResult:
     output: Manifest
     #: The sandbox the build ran in, when it had to be created again.
     sandbox: sandbox.SandboxRef | None = None
+    #: The tarred output in the object store, when the project was built.
+    artifact: str | None = None
+
+
+class _Build:
+    """One build in one sandbox: runs commands, keeps the whole log and the tail of the last one."""
+
+    def __init__(self, ctx: StepContext, provider: SandboxProvider, sandbox_id: str, plan: BuildPlan) -> None:
+        self.ctx = ctx
+        self.provider = provider
+        self.sandbox_id = sandbox_id
+        self.plan = plan
+        self.log: list[str] = []
+
+    def run(
+        self,
+        command: tuple[str, ...],
+        *,
+        title: str | None = None,
+        quiet: bool = False,
+        timeout_s: float | None = None,
+    ) -> tuple[int, list[str]]:
+        shown = " ".join(command)
+        if title:
+            self.ctx.log(f"{title}: {shown}")
+        self.log.append(f"$ {shown}")
+        output: list[str] = []
+
+        def on_output(line: str) -> None:
+            output.append(line)
+            self.log.append(line)
+            if not quiet:
+                self.ctx.log(line)
+
+        budget = self.ctx.remaining_s() if timeout_s is None else min(timeout_s, self.ctx.remaining_s())
+        code = self.provider.run(
+            self.sandbox_id, command, env=self.plan.env, timeout_s=budget, on_output=on_output
+        )
+        self.log.append(f"[exit code {code}]")
+        return code, output
+
+    def must(self, command: tuple[str, ...], title: str) -> None:
+        code, output = self.run(command, title=title)
+        if code != 0:
+            tail = "\n".join(deque(output, maxlen=TAIL_LINES))
+            raise BuildFailed(f"`{' '.join(command)}` exited with code {code}\n{tail}".rstrip())
 
 
 def execute(ctx: StepContext) -> BuildResult:
     source: Manifest = ctx.deployment.source_manifest or {}
+    store = ctx.runtime.store
+
+    def read(path: str) -> bytes:
+        return store.get(blob_key(str(source[path]["sha256"])))
+
     package = source.get("package.json")
-    plan = plan_build(ctx.runtime.store.get(blob_key(str(package["sha256"]))) if package else None)
+    plan = plan_build(read("package.json") if package else None, source.keys(), read)
     if plan.is_static:
         ctx.log(f"No build script: the {len(source)} source files are the site")
         return BuildResult(source)
     provider, ref = sandbox.ensure(ctx)
-    for title, command in plan.commands:
-        _run(ctx, provider, ref.sandbox_id, title, command, plan)
-    return BuildResult(_collect_output(ctx, provider, ref.sandbox_id, plan), ref)
+    build = _Build(ctx, provider, ref.sandbox_id, plan)
+    assert plan.package_manager is not None
+    ctx.log(f"Framework: {plan.title}; package manager: {plan.package_manager.name}")
+    try:
+        node = _node_version(build)
+        if plan.install:
+            _install(ctx, build, source, node)
+        build.must(plan.build_command, "Building")
+        output, artifact = _collect_output(ctx, provider, ref.sandbox_id, plan)
+    finally:
+        _store_log(ctx, build)
+    return BuildResult(output, ref, artifact)
 
 
-def _run(
-    ctx: StepContext,
-    provider: SandboxProvider,
-    sandbox_id: str,
-    title: str,
-    command: tuple[str, ...],
-    plan: BuildPlan,
-) -> None:
-    shown = " ".join(command)
-    ctx.log(f"{title}: {shown}")
-    tail: deque[str] = deque(maxlen=TAIL_LINES)
+def _node_version(build: _Build) -> str:
+    code, output = build.run(("node", "--version"), quiet=True, timeout_s=SHORT_COMMAND_S)
+    version = output[-1].strip() if output else ""
+    if code != 0 or not version.startswith("v"):
+        raise BuildFailed("Node.js is not available in the sandbox (`node --version` failed)", code="NO_NODE")
+    build.ctx.log(f"Node.js {version}")
+    return version
 
-    def on_output(line: str) -> None:
-        tail.append(line)
-        ctx.log(line)
 
-    code = provider.run(sandbox_id, command, env=plan.env, timeout_s=ctx.remaining_s(), on_output=on_output)
-    if code != 0:
-        output = "\n".join(tail)
-        raise BuildFailed(f"`{shown}` exited with code {code}\n{output}".rstrip())
+def _cache_key(ctx: StepContext, build: _Build, source: Manifest, node: str) -> str | None:
+    pm = build.plan.package_manager
+    if pm is None or pm.lockfile is None:
+        return None
+    lock = str(source[pm.lockfile]["sha256"])
+    major = node.split(".")[0]
+    identity = hashlib.sha256(f"{pm.name}|{major}|{build.provider.name}|{lock}".encode()).hexdigest()
+    return f"cache/deps/{ctx.deployment.org_id}/{identity}.tar.gz"
+
+
+def _install(ctx: StepContext, build: _Build, source: Manifest, node: str) -> None:
+    pm = build.plan.package_manager
+    assert pm is not None
+    key = _cache_key(ctx, build, source, node)
+    store = ctx.runtime.store
+    if key is not None:
+        try:
+            archive = store.get(key)
+        except ObjectNotFound:
+            archive = None
+        if archive is not None:
+            build.provider.write_files(build.sandbox_id, [(CACHE_ARCHIVE, archive)])
+            code, _ = build.run(("tar", "-xzf", CACHE_ARCHIVE), quiet=True, timeout_s=SHORT_COMMAND_S)
+            build.run(("rm", "-rf", CACHE_DIR), quiet=True, timeout_s=SHORT_COMMAND_S)
+            if code == 0:
+                size = len(archive) // 1024
+                ctx.log(f"Dependencies restored from the cache ({size} KiB, {pm.lockfile} unchanged)")
+                return
+            ctx.log("The dependency cache could not be unpacked; installing", "warning")
+        else:
+            ctx.log(f"No dependency cache for this {pm.lockfile} yet")
+    started = time.monotonic()
+    build.must(pm.install, "Installing dependencies")
+    ctx.log(f"Dependencies installed in {time.monotonic() - started:.1f} s")
+    if key is not None:
+        _save_cache(ctx, build, key)
+
+
+def _save_cache(ctx: StepContext, build: _Build, key: str) -> None:
+    # The cache only saves time: failing to save it is a warning, never a failed build.
+    try:
+        code, _ = build.run(
+            (
+                "sh",
+                "-c",
+                f"test -d node_modules && mkdir -p {CACHE_DIR} && tar -czf {CACHE_ARCHIVE} node_modules",
+            ),
+            quiet=True,
+            timeout_s=SHORT_COMMAND_S * 5,
+        )
+        if code != 0:
+            return
+        archive = dict(build.provider.read_files(build.sandbox_id, CACHE_DIR)).get("deps.tar.gz")
+        build.run(("rm", "-rf", CACHE_DIR), quiet=True, timeout_s=SHORT_COMMAND_S)
+        if archive is None or len(archive) > MAX_CACHE_BYTES:
+            return
+        ctx.runtime.store.put(key, archive, content_type="application/gzip")
+        ctx.log(f"Dependencies cached ({len(archive) // 1024} KiB)")
+    except LibraError as exc:
+        ctx.log(f"Could not cache the dependencies: {exc.message}", "warning")
 
 
 def _collect_output(
     ctx: StepContext, provider: SandboxProvider, sandbox_id: str, plan: BuildPlan
-) -> Manifest:
+) -> tuple[Manifest, str]:
     store = ctx.runtime.store
     for directory in plan.output_dirs:
         manifest: Manifest = {}
+        pending: dict[str, bytes] = {}
         stored = 0
-        for path, data in provider.read_files(sandbox_id, directory):
-            sha = sha256_hex(data)
-            key = blob_key(sha)
-            if store.missing([key]):
-                store.put(key, data)
-                stored += 1
-            manifest[path] = {"sha256": sha, "size": len(data)}
+        packed = io.BytesIO()
+        with tarfile.open(fileobj=packed, mode="w:gz") as tar:
+            for path, data in provider.read_files(sandbox_id, directory):
+                sha = sha256_hex(data)
+                pending[blob_key(sha)] = data
+                manifest[path] = {"sha256": sha, "size": len(data)}
+                info = tarfile.TarInfo(path)
+                info.size = len(data)
+                info.mtime = int(time.time())
+                tar.addfile(info, io.BytesIO(data))
+                if len(pending) >= STORE_BATCH_FILES or sum(map(len, pending.values())) >= STORE_BATCH_BYTES:
+                    stored += _store_blobs(store, pending)
+            stored += _store_blobs(store, pending)
         if manifest:
             size = sum(e["size"] for e in manifest.values())
             ctx.log(f"Build output: {directory}/ with {len(manifest)} files, {size} bytes ({stored} new)")
-            return dict(sorted(manifest.items()))
+            artifact = artifact_key(ctx.deployment.id)
+            store.put(artifact, packed.getvalue(), content_type="application/gzip")
+            return dict(sorted(manifest.items())), artifact
     raise BuildFailed(f"the build produced no files in {', '.join(d + '/' for d in plan.output_dirs)}")
+
+
+def _store_blobs(store: ObjectStore, pending: dict[str, bytes]) -> int:
+    """Store the blobs the store lacks and empty ``pending``; return how many were new.
+
+    One existence check per batch: a remote store answers it with parallel requests.
+    """
+    missing = store.missing(pending)
+    for key in sorted(missing):
+        store.put(key, pending[key])
+    pending.clear()
+    return len(missing)
+
+
+def _store_log(ctx: StepContext, build: _Build) -> None:
+    text = "\n".join(build.log) + "\n"
+    try:
+        ctx.runtime.store.put(
+            build_log_key(ctx.deployment.id), text.encode(), content_type="text/plain; charset=utf-8"
+        )
+    except LibraError as exc:
+        ctx.log(f"Could not store the build log: {exc.message}", "warning")
 
 
 def record(session: Session, deployment: Deployment, project: Project, result: BuildResult) -> None:
     deployment.output_manifest = result.output
     if result.sandbox is not None:
         sandbox.remember(deployment, result.sandbox)
+    deployment.artifact_key = result.artifact

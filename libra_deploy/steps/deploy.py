@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from libra_deploy import domains, site_rules
 from libra_deploy.errors import Conflict, StepError
 from libra_deploy.models import Deployment, Project
-from libra_deploy.ports import Manifest
+from libra_deploy.ports import CustomDomains, Manifest
 from libra_deploy.sources import blob_key
 from libra_deploy.steps.runner import StepContext
 
@@ -26,7 +28,14 @@ def deployment_url(public_url: str, project_id: str, deployment_id: str) -> str:
     return f"{public_url}/sites/{project_id}@{deployment_id}/"
 
 
-def execute(ctx: StepContext) -> str:
+@dataclass(frozen=True)
+class DeployResult:
+    url: str
+    #: The deployment's own URL at the target, when the target gives one.
+    target_url: str | None = None
+
+
+def execute(ctx: StepContext) -> DeployResult:
     deployment, project = ctx.deployment, ctx.project
     manifest = deployment.output_manifest or {}
     target = ctx.runtime.target
@@ -52,7 +61,16 @@ def execute(ctx: StepContext) -> str:
     )
     own_url = deployment_url(ctx.runtime.settings.public_url, project.id, deployment.id)
     ctx.log(f"This deployment stays at {own_url}")
-    return url
+    if published.url:
+        ctx.log(f"This deployment's own URL at the {target.name} target: {published.url}")
+    if deployment.custom_domain and isinstance(target, CustomDomains):
+        domain = target.attach_domain(project.id, deployment.custom_domain)
+        ctx.log(
+            f"Custom domain {deployment.custom_domain} at the {target.name} target: {domain.status}"
+            + (f" ({domain.detail})" if domain.detail else ""),
+            "warning" if domain.status == "error" else "info",
+        )
+    return DeployResult(url, published.url)
 
 
 def _check_site_rules(ctx: StepContext, manifest: Manifest) -> None:
@@ -73,8 +91,10 @@ def _check_site_rules(ctx: StepContext, manifest: Manifest) -> None:
         ctx.log(f"... and {more} more warnings about site rules", "warning")
 
 
-def record(session: Session, deployment: Deployment, project: Project, url: str) -> None:
+def record(session: Session, deployment: Deployment, project: Project, result: DeployResult) -> None:
+    url = result.url
     deployment.url = url
+    deployment.target_url = result.target_url
     project.production_deploy_url = url
     project.production_deployment_id = deployment.id
     if deployment.custom_domain and project.custom_domain != deployment.custom_domain:

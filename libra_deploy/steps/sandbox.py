@@ -33,6 +33,7 @@ def execute(ctx: StepContext) -> SandboxRef:
 def prepare(ctx: StepContext) -> SandboxRef:
     """Create a sandbox holding the deployment's source tree."""
     deployment = ctx.deployment
+    # The project's own provider when it chose one, else SANDBOX_BUILDER_DEFAULT_PROVIDER.
     provider = ctx.runtime.sandbox(ctx.project.sandbox_provider)
     spec = SandboxSpec(
         deployment_id=deployment.id,

@@ -71,4 +71,5 @@ class DeployStatus(MethodView):
         """Follow a deployment: status, steps, progress, recent log lines and the site URL"""
         session = db()
         deployment = get_deployment(session, principal().org_id, query["id"])
-        return status_body(session, runtime().settings, deployment)
+        rt = runtime()
+        return status_body(session, rt.settings, deployment, rt.store)

@@ -32,6 +32,7 @@ class Projects(MethodView):
                 template=body.get("template"),
                 custom_domain=body.get("custom_domain"),
                 spa_fallback=body["spa_fallback"],
+                sandbox_provider=body.get("sandbox_provider"),
             )
 
 

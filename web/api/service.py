@@ -32,6 +32,7 @@ ENDPOINTS = [
     "DELETE /deployments/<deploymentId>/pin",
     "POST /projects/<projectId>/files/check",
     "PUT /projects/<projectId>/files/<sha256>",
+    "GET /templates",
     "GET /sites/<projectId>/<path>",
     "GET /sites/<projectId>@<deploymentId>/<path>",
     "GET /health",

@@ -1,0 +1,354 @@
+"""DeployTarget on any S3 API (Cloudflare R2, AWS S3, MinIO): a bucket that a CDN or the service serves.
+
+Layout in SITES_BUCKET::
+
+    sites/<project>/<deployment>/<path>        the deployment's files, never changed once written
+    sites/<project>/_deployments/<id>.json     its manifest {path: {"sha256", "size"}}, written last
+    sites/<project>/live                       the id of the deployment the site serves
+
+Each deployment keeps its own prefix, so a bucket served as it is (SITES_PUBLIC_URL) gives every
+deployment its own immutable URL. A file the live deployment already has is copied inside the
+bucket (CopyObject: no bytes leave the service), so redeploying an unchanged site uploads nothing;
+only content the project never published is uploaded. Activating is one write of the ``live``
+object, and the service's /sites/ serves through it.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from functools import partial
+from typing import Any, BinaryIO, TypeVar, cast
+
+import boto3
+from botocore.config import Config
+from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
+from botocore.exceptions import ConnectionError as S3ConnectionError
+
+from libra_deploy import sites
+from libra_deploy.config import Settings
+from libra_deploy.errors import ConfigError, ProviderError, provider_error
+from libra_deploy.ports import Manifest, ObjectStore, PublishResult, SiteFile
+
+_ID = re.compile(r"^[a-z]{2,5}_[0-9a-z]{26}$")
+_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
+#: Parallel uploads and copies while publishing.
+CONCURRENCY = 8
+#: How long a process trusts the ``live`` pointer it read before reading it again.
+POINTER_TTL_S = 1.0
+
+T = TypeVar("T")
+
+
+class _Missing(Exception):
+    """The object asked for does not exist."""
+
+
+class S3Target:
+    name = "s3"
+
+    def __init__(
+        self,
+        client: Any,
+        bucket: str,
+        *,
+        public_url: str = "",
+        create_bucket: bool = False,
+        region: str = "auto",
+    ) -> None:
+        self._client = client
+        self.bucket = bucket
+        self.public_url = public_url.rstrip("/")
+        self._create_bucket = create_bucket
+        self._region = region
+        self._ready = False
+        self._manifests: dict[tuple[str, str], Manifest] = {}
+        self._pointers: dict[str, tuple[float, str | None]] = {}
+        self._lock = threading.Lock()
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> S3Target:
+        settings.require_adapter("DEPLOY_TARGET", "s3")
+        client = boto3.client(
+            "s3", config=Config(**settings.s3_botocore_config()), **settings.s3_client_options()
+        )
+        target = cls(
+            client,
+            settings.sites_bucket,
+            public_url=settings.sites_public_url,
+            create_bucket=settings.s3_create_buckets,
+            region=settings.s3_region,
+        )
+        try:
+            target.check_bucket()
+        except ProviderError as exc:
+            # Unreachable at start-up: checked again before the first operation, which fails
+            # (retryably) for as long as the endpoint does not answer.
+            if not exc.retryable:
+                raise
+        return target
+
+    def check_bucket(self) -> None:
+        """Make sure SITES_BUCKET exists (creating it when allowed); done once per process."""
+        with self._lock:
+            if self._ready:
+                return
+        try:
+            self._call("check bucket", self._client.head_bucket, Bucket=self.bucket)
+        except _Missing:
+            if not self._create_bucket:
+                raise ConfigError(
+                    "SITES_BUCKET",
+                    f"names bucket {self.bucket}, which does not exist (S3_CREATE_BUCKETS=1 creates it)",
+                ) from None
+            options: dict[str, Any] = {"Bucket": self.bucket}
+            if self._region not in ("", "us-east-1"):
+                options["CreateBucketConfiguration"] = {"LocationConstraint": self._region}
+            try:
+                self._call("create bucket", self._client.create_bucket, **options)
+            except ProviderError as exc:
+                if "BucketAlreadyOwnedByYou" not in exc.message:
+                    raise
+        with self._lock:
+            self._ready = True
+
+    # Keys -----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _prefix(project_id: str, deployment_id: str) -> str:
+        if not _ID.match(project_id) or not _ID.match(deployment_id):
+            raise ValueError(f"invalid project or deployment id {project_id!r}/{deployment_id!r}")
+        return f"sites/{project_id}/{deployment_id}/"
+
+    @staticmethod
+    def _manifest_key(project_id: str, deployment_id: str) -> str:
+        return f"sites/{project_id}/_deployments/{deployment_id}.json"
+
+    @staticmethod
+    def _pointer_key(project_id: str) -> str:
+        return f"sites/{project_id}/live"
+
+    def _call(self, action: str, method: Callable[..., T], **params: Any) -> T:
+        try:
+            return method(**params)
+        except ClientError as exc:
+            code = str(exc.response.get("Error", {}).get("Code", ""))
+            if code in _NOT_FOUND:
+                raise _Missing(params.get("Key", "")) from None
+            if code == "NoSuchBucket":
+                raise ProviderError(
+                    f"S3: bucket {self.bucket} does not exist", code="BUCKET_NOT_FOUND"
+                ) from None
+            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
+            message = exc.response.get("Error", {}).get("Message") or code
+            raise provider_error(
+                "S3", action, f"{code}: {message}", status=int(status) if status else None
+            ) from exc
+        except (S3ConnectionError, HTTPClientError) as exc:
+            raise provider_error("S3", action, f"{type(exc).__name__}: {exc}", status=None) from exc
+        except BotoCoreError as exc:
+            raise ProviderError(f"S3: {action} failed: {exc}", code="PROVIDER_REJECTED") from exc
+
+    def _list(self, prefix: str) -> set[str]:
+        def collect() -> set[str]:
+            pages = self._client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=prefix)
+            return {str(item["Key"]) for page in pages for item in page.get("Contents", ())}
+
+        return self._call(f"list {prefix}", collect)
+
+    # DeployTarget -----------------------------------------------------------------------------------
+
+    def publish(
+        self, project_id: str, deployment_id: str, manifest: Manifest, store: ObjectStore
+    ) -> PublishResult:
+        self.check_bucket()
+        prefix = self._prefix(project_id, deployment_id)
+        # A retried publish finds what its first attempt wrote; a deployment's files never change.
+        present = self._list(prefix)
+        sources: dict[str, str] = {}
+        live = self.live_deployment(project_id)
+        if live and live != deployment_id:
+            previous = self._manifest(project_id, live) or {}
+            live_prefix = self._prefix(project_id, live)
+            sources = {str(e["sha256"]): live_prefix + path for path, e in previous.items()}
+        uploads: dict[str, str] = {}  # content never published by the project: sha -> first path
+        copies: list[str] = []
+        for path, entry in sorted(manifest.items()):
+            if prefix + path in present:
+                continue
+            sha = str(entry["sha256"])
+            if sha in sources or sha in uploads:
+                copies.append(path)
+            else:
+                uploads[sha] = path
+
+        def upload(path: str) -> int:
+            data = store.get(f"blobs/{manifest[path]['sha256']}")
+            self._put(prefix + path, data, path, manifest[path]["sha256"])
+            return len(data)
+
+        with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
+            uploaded_bytes = sum(pool.map(upload, uploads.values()))
+            for sha, path in uploads.items():
+                sources.setdefault(sha, prefix + path)
+            list(pool.map(lambda path: self._copy(sources, prefix, path, manifest, store), copies))
+        body = json.dumps(manifest, sort_keys=True).encode()
+        self._call(
+            "write manifest",
+            self._client.put_object,
+            Bucket=self.bucket,
+            Key=self._manifest_key(project_id, deployment_id),
+            Body=body,
+            ContentType="application/json",
+        )
+        url = None
+        if self.public_url:
+            url = f"{self.public_url}/{prefix}" + ("index.html" if "index.html" in manifest else "")
+        return PublishResult(uploaded_files=len(uploads), uploaded_bytes=uploaded_bytes, url=url)
+
+    def _put(self, key: str, data: bytes, path: str, sha: str) -> None:
+        self._call(
+            f"upload {path}",
+            self._client.put_object,
+            Bucket=self.bucket,
+            Key=key,
+            Body=data,
+            ContentType=sites.content_type(path),
+            CacheControl=sites.cache_control(path),
+            Metadata={"sha256": sha},
+        )
+
+    def _copy(
+        self, sources: dict[str, str], prefix: str, path: str, manifest: Manifest, store: ObjectStore
+    ) -> None:
+        sha = str(manifest[path]["sha256"])
+        try:
+            self._call(
+                f"copy {path}",
+                self._client.copy_object,
+                Bucket=self.bucket,
+                Key=prefix + path,
+                CopySource={"Bucket": self.bucket, "Key": sources[sha]},
+                MetadataDirective="REPLACE",
+                ContentType=sites.content_type(path),
+                CacheControl=sites.cache_control(path),
+                Metadata={"sha256": sha},
+            )
+        except _Missing:
+            # The source went away (an old deployment removed meanwhile): upload it after all.
+            self._put(prefix + path, store.get(f"blobs/{sha}"), path, sha)
+
+    def activate(self, project_id: str, deployment_id: str) -> None:
+        self.check_bucket()
+        try:
+            self._call(
+                "check manifest",
+                self._client.head_object,
+                Bucket=self.bucket,
+                Key=self._manifest_key(project_id, deployment_id),
+            )
+        except _Missing:
+            raise ProviderError(f"deployment {deployment_id} was never published") from None
+        self._call(
+            "switch the live deployment",
+            self._client.put_object,
+            Bucket=self.bucket,
+            Key=self._pointer_key(project_id),
+            Body=deployment_id.encode(),
+            ContentType="text/plain",
+            CacheControl="no-cache",
+        )
+        with self._lock:
+            self._pointers[project_id] = (time.monotonic(), deployment_id)
+
+    def live_deployment(self, project_id: str) -> str | None:
+        if not _ID.match(project_id):
+            return None
+        with self._lock:
+            cached = self._pointers.get(project_id)
+        if cached is not None and time.monotonic() - cached[0] < POINTER_TTL_S:
+            return cached[1]
+        self.check_bucket()
+        try:
+            response = self._call(
+                "read the live deployment",
+                self._client.get_object,
+                Bucket=self.bucket,
+                Key=self._pointer_key(project_id),
+            )
+            with response["Body"] as body:
+                live: str | None = body.read().decode().strip() or None
+        except _Missing:
+            live = None
+        with self._lock:
+            self._pointers[project_id] = (time.monotonic(), live)
+        return live
+
+    def _manifest(self, project_id: str, deployment_id: str) -> Manifest | None:
+        key = (project_id, deployment_id)
+        with self._lock:
+            cached = self._manifests.get(key)
+        if cached is not None:
+            return cached
+        if not _ID.match(project_id) or not _ID.match(deployment_id):
+            return None
+        self.check_bucket()
+        try:
+            response = self._call(
+                "read manifest",
+                self._client.get_object,
+                Bucket=self.bucket,
+                Key=self._manifest_key(project_id, deployment_id),
+            )
+            with response["Body"] as body:
+                manifest = cast(Manifest, json.loads(body.read()))
+        except _Missing:
+            return None
+        with self._lock:
+            if len(self._manifests) > 256:
+                self._manifests.clear()
+            self._manifests[key] = manifest
+        return manifest
+
+    def open(self, project_id: str, deployment_id: str, path: str) -> SiteFile | None:
+        manifest = self._manifest(project_id, deployment_id)
+        entry = manifest.get(path) if manifest else None
+        if entry is None:
+            return None
+        key = self._prefix(project_id, deployment_id) + path
+        return SiteFile(
+            path=path, sha256=str(entry["sha256"]), size=int(entry["size"]), open=partial(self._open, key)
+        )
+
+    def _open(self, key: str) -> BinaryIO:
+        try:
+            response = self._call("read a file", self._client.get_object, Bucket=self.bucket, Key=key)
+        except _Missing:
+            raise ProviderError(f"S3: {key} is listed in its manifest but missing from the bucket") from None
+        return cast(BinaryIO, response["Body"])
+
+    def remove(self, project_id: str, deployment_id: str) -> None:
+        """Delete a deployment's files and manifest. Other deployments keep their own copies."""
+        self.check_bucket()
+        keys = sorted(self._list(self._prefix(project_id, deployment_id)))
+        keys.append(self._manifest_key(project_id, deployment_id))
+        for start in range(0, len(keys), 1000):
+            batch = [{"Key": key} for key in keys[start : start + 1000]]
+            response = self._call(
+                "remove a deployment",
+                self._client.delete_objects,
+                Bucket=self.bucket,
+                Delete={"Objects": batch, "Quiet": True},
+            )
+            errors = response.get("Errors") or []
+            if errors:
+                first = errors[0]
+                raise ProviderError(
+                    f"S3: could not delete {first.get('Key')}: {first.get('Code')}", retryable=True
+                )
+        with self._lock:
+            self._manifests.pop((project_id, deployment_id), None)

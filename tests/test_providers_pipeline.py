@@ -17,10 +17,11 @@ import pytest
 import requests
 
 from libra_deploy.config import Settings
+from libra_deploy.models import DeadLetter
 from libra_deploy.runtime import Runtime
 from tasks.runtime import get_runtime, set_runtime
 from tests.fake_cloudflare import ACCOUNT, TOKEN, ZONE, FakeCloudflare
-from tests.helpers import deploy, make_tenant, wait_for, wait_for_step
+from tests.helpers import cli, deploy, make_tenant, wait_for, wait_for_step
 from tests.s3_server import S3Server, refused_url
 from web import create_app
 
@@ -127,7 +128,7 @@ def test_the_service_on_cloudflare_pages(runtime, worker):
         fake.stop()
 
 
-def test_a_refusing_s3_endpoint_is_retried_then_fails_and_works_once_it_answers(s3, runtime, worker):
+def test_a_refusing_s3_endpoint_ends_in_the_dead_letter_queue_and_its_replay_completes(s3, runtime, worker):
     endpoint = refused_url()
     env = s3.env(DEPLOY_TARGET="s3", S3_ENDPOINT_URL=endpoint)
     with service_on(env) as (rt, client):
@@ -143,12 +144,22 @@ def test_a_refusing_s3_endpoint_is_retried_then_fails_and_works_once_it_answers(
         assert status["steps"]["deploy"]["attempts"] == 3
         assert "test-secret-access-key" not in json.dumps(status)
 
-        # The endpoint answers again (a real S3 server on the same address): the same worker, which
-        # started while it was away, creates its bucket and publishes.
+        with rt.sessions() as session:
+            (letter,) = session.query(DeadLetter).filter_by(deployment_id=deployment_id).all()
+        assert letter.step == "deploy"
+        assert letter.message["error"]["code"] == "PROVIDER_UNAVAILABLE"
+
+        # The endpoint answers again (a real S3 server on the same address): the replay resumes the
+        # same deployment at its deploy step; the worker, which started while the endpoint was
+        # away, creates its bucket and publishes.
         revived = S3Server.start(port=int(endpoint.rsplit(":", 1)[1]))
         try:
-            again = wait_for(client, tenant, deploy(client, tenant, {}), timeout=120)
+            replayed = cli("dlq", "replay", letter.id)
+            assert replayed.returncode == 0, replayed.stderr
+            assert replayed.stdout.strip() == deployment_id
+            again = wait_for(client, tenant, deployment_id, timeout=120)
             assert again["status"] == "completed", again
+            assert again["steps"]["build"] == status["steps"]["build"]  # not built again
             assert client.get(f"/sites/{tenant.project_id}/").get_data() == b"x"
         finally:
             revived.stop()

@@ -7,6 +7,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from libra_deploy import domains
+from libra_deploy.config import Settings
 from libra_deploy.errors import Conflict, InvalidInput, NotFound
 from libra_deploy.models import Organization, Project, User
 
@@ -47,10 +48,16 @@ def create_user(session: Session, org_id: str, email: str) -> User:
 
 
 def create_project(
-    session: Session, org_id: str, name: str, *, template: str | None = None, custom_domain: str | None = None
+    session: Session,
+    org_id: str,
+    name: str,
+    *,
+    template: str | None = None,
+    custom_domain: str | None = None,
+    settings: Settings | None = None,
 ) -> Project:
     get_organization(session, org_id)
-    domain = domains.normalize(custom_domain) if custom_domain else None
+    domain = domains.normalize(custom_domain, settings) if custom_domain else None
     if domain:
         domains.ensure_available(session, domain, project_id=None)
     project = Project(

@@ -25,6 +25,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
+from libra_deploy import quota
 from libra_deploy.db import transaction, utcnow
 from libra_deploy.errors import LibraError
 from libra_deploy.models import (
@@ -37,6 +38,7 @@ from libra_deploy.models import (
     ProjectStatus,
     StepStatus,
 )
+from libra_deploy.redact import redact_text
 from libra_deploy.runtime import Runtime
 from libra_deploy.steps import BUDGET, PROGRESS, PROJECT_STATUS, STEPS, TITLES
 
@@ -229,6 +231,7 @@ def record_failure(
         if deployment.status in FINISHED_STATUSES:
             return
         deployment.status = DeploymentStatus.FAILED
+        quota.release(session, deployment_id)
         deployment.error_code = error.code
         deployment.error_message = f"{step} failed: {error.message}"
         project = session.get(Project, deployment.project_id)
@@ -261,6 +264,7 @@ def _line(deployment_id: str, step: str, message: str, level: str = "info") -> d
         "deployment_id": deployment_id,
         "step": step,
         "level": level,
-        "message": message[:MAX_LOG_LINE],
+        # The one place log lines are made: a build that prints a secret never gets it stored.
+        "message": redact_text(message)[:MAX_LOG_LINE],
         "created_at": utcnow(),
     }

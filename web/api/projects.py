@@ -9,7 +9,7 @@ from flask.views import MethodView
 from libra_deploy import accounts
 from libra_deploy.models import Project
 from web.api import Blueprint
-from web.context import db, principal
+from web.context import db, principal, runtime
 from web.schemas import ErrorSchema, ProjectCreateSchema, ProjectSchema
 
 blp = Blueprint("projects", __name__, url_prefix="/projects", description="Projects of your organisation")
@@ -31,6 +31,7 @@ class Projects(MethodView):
                 body["name"],
                 template=body.get("template"),
                 custom_domain=body.get("custom_domain"),
+                settings=runtime().settings,
             )
 
 

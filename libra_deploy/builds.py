@@ -14,6 +14,21 @@ from dataclasses import dataclass, field
 from libra_deploy.errors import BuildFailed
 
 OUTPUT_CANDIDATES = ("dist", "build", "out", "public")
+#: Package-manager subcommands that fetch dependencies: the only commands given the network.
+_INSTALL_COMMANDS = frozenset(
+    {
+        ("npm", "install"),
+        ("npm", "ci"),
+        ("pnpm", "install"),
+        ("yarn", "install"),
+        ("bun", "install"),
+    }
+)
+
+
+def needs_network(command: tuple[str, ...] | list[str]) -> bool:
+    """Whether a build command installs dependencies (and so may reach the network)."""
+    return tuple(command[:2]) in _INSTALL_COMMANDS
 
 
 @dataclass(frozen=True)

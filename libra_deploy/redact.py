@@ -190,3 +190,9 @@ def install_log_redaction(secrets: Iterable[str] = ()) -> None:
             return record
 
         logging.setLogRecordFactory(factory)
+
+
+def contains_secret(text: str) -> bool:
+    """Whether ``text`` holds one of the registered secret values (a sandbox must never get one)."""
+    pattern = _secret_pattern
+    return pattern is not None and pattern.search(text) is not None

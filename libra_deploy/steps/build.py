@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from sqlalchemy.orm import Session
 
-from libra_deploy.builds import BuildPlan, plan_build
+from libra_deploy.builds import BuildPlan, needs_network, plan_build
 from libra_deploy.errors import BuildFailed
 from libra_deploy.models import Deployment, Project
 from libra_deploy.ports import Manifest, SandboxProvider
@@ -58,7 +58,14 @@ def _run(
         tail.append(line)
         ctx.log(line)
 
-    code = provider.run(sandbox_id, command, env=plan.env, timeout_s=ctx.remaining_s(), on_output=on_output)
+    code = provider.run(
+        sandbox_id,
+        command,
+        env=plan.env,
+        timeout_s=ctx.remaining_s(),
+        on_output=on_output,
+        network=needs_network(command),
+    )
     if code != 0:
         output = "\n".join(tail)
         raise BuildFailed(f"`{shown}` exited with code {code}\n{output}".rstrip())

@@ -83,7 +83,7 @@ def usage(session: Session, settings: Settings, org: Organization, period: str |
         kind: count
         for kind, count in session.execute(
             select(QuotaLedger.kind, func.count()).where(*in_period).group_by(QuotaLedger.kind)
-        ).tuples()
+        )
     }
     consumed = aliased(QuotaLedger)
     # A release followed by a consumption (a replayed deployment that completed) is a use.

@@ -198,6 +198,8 @@ class LocalSandboxProvider:
                 argv += ["--symlink", os.readlink(path), directory]
             elif path.is_dir():
                 argv += ["--ro-bind", directory, directory]
+        # Directories bubblewrap makes on its own are private to root: /etc must be readable.
+        argv += ["--perms", "0755", "--dir", "/etc"]
         for entry in _ETC_ENTRIES:
             argv += ["--ro-bind-try", f"/etc/{entry}", f"/etc/{entry}"]
         argv += ["--proc", "/proc", "--dev", "/dev"]

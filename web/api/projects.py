@@ -20,6 +20,7 @@ class Projects(MethodView):
     @blp.arguments(ProjectCreateSchema)
     @blp.response(201, ProjectSchema)
     @blp.alt_response(400, schema=ErrorSchema, description="The body is invalid")
+    @blp.alt_response(401, schema=ErrorSchema, description="Missing or invalid credentials")
     @blp.alt_response(409, schema=ErrorSchema, description="The custom domain belongs to another project")
     def post(self, body: dict[str, Any]) -> Project:
         """Create a project"""
@@ -38,6 +39,7 @@ class Projects(MethodView):
 @blp.route("/<project_id>")
 class ProjectById(MethodView):
     @blp.response(200, ProjectSchema)
+    @blp.alt_response(401, schema=ErrorSchema, description="Missing or invalid credentials")
     @blp.alt_response(404, schema=ErrorSchema, description="No such project in your organisation")
     def get(self, project_id: str) -> Project:
         """Get a project, with its live deployment and URL"""

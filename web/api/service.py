@@ -25,6 +25,7 @@ ENDPOINTS = [
     "GET /deploy-status?id=<deploymentId>",
     "POST /projects",
     "GET /projects/<projectId>",
+    "GET /orgs/<orgId>/quota",
     "GET /sites/<projectId>/<path>",
     "GET /health",
     "GET /docs",
@@ -63,6 +64,9 @@ class Health(MethodView):
         """Health of the service and of its database and broker (503 when either is down)"""
         checks = {"database": _database_check(), "queue": "healthy" if broker_reachable() else "unhealthy"}
         healthy = all(v == "healthy" for v in checks.values())
+        # How builds are isolated ("bubblewrap", or "none" where it is missing): worth knowing, but
+        # the service works either way, so it does not make the service unhealthy.
+        checks["isolation"] = _isolation()
         body = {
             "status": "healthy" if healthy else "unhealthy",
             "timestamp": _now(),
@@ -72,6 +76,11 @@ class Health(MethodView):
             "checks": checks,
         }
         return body, 200 if healthy else 503
+
+
+def _isolation() -> str:
+    provider = runtime().sandbox()
+    return str(getattr(provider, "isolation", provider.name))
 
 
 def _database_check() -> str:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from libra_deploy import accounts, auth
+from libra_deploy.auth import Principal
 from libra_deploy.db import transaction
 from libra_deploy.runtime import Runtime
 
@@ -93,3 +97,28 @@ def wait_for_step(
             return body
         time.sleep(0.05)
     raise AssertionError(f"step {step} of {deployment_id} did not reach {status} in {timeout} s: {body}")
+
+
+@contextmanager
+def custom_app(settings: Any, **overrides: Any) -> Iterator[Any]:
+    """An app on the test database whose settings differ (small limits, public status...)."""
+    from web import create_app
+
+    runtime = Runtime.from_settings(dataclasses.replace(settings, **overrides))
+    try:
+        app = create_app(runtime)
+        app.config["TESTING"] = True
+        yield app
+    finally:
+        runtime.close()
+
+
+def queued_deployment(runtime: Runtime, tenant: Tenant, project_id: str | None = None) -> str:
+    """Record a deployment as POST /deploy does, without publishing it: it stays queued, so it
+    holds a quota reservation and counts as active for as long as a test needs."""
+    from libra_deploy.deployments import DeployRequest, start_deployment
+
+    principal = Principal(tenant.org_id, tenant.user_id, "tok_test")
+    request = DeployRequest(project_id=project_id or tenant.project_id, init_files=text_files({"a.txt": "a"}))
+    with transaction(runtime.sessions) as session:
+        return start_deployment(session, runtime.settings, runtime.store, principal, request).id

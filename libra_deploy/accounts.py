@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session
 from libra_deploy import domains
 from libra_deploy.config import Settings
 from libra_deploy.errors import Conflict, InvalidInput, NotFound
-from libra_deploy.models import Organization, Project, User
+from libra_deploy.models import Organization, Project, User, is_plausible_id
 
 
 def _name(value: str, what: str) -> str:
@@ -27,7 +27,7 @@ def create_organization(session: Session, name: str) -> Organization:
 
 
 def get_organization(session: Session, org_id: str) -> Organization:
-    org = session.get(Organization, org_id)
+    org = session.get(Organization, org_id) if is_plausible_id(org_id) else None
     if org is None:
         raise NotFound(f"organisation {org_id} does not exist", code="ORG_NOT_FOUND")
     return org
@@ -74,7 +74,7 @@ def create_project(
 
 def get_project(session: Session, org_id: str, project_id: str) -> Project:
     """The project, if it belongs to the organisation. Another organisation's project is 404."""
-    project = session.get(Project, project_id)
+    project = session.get(Project, project_id) if is_plausible_id(project_id) else None
     if project is None or project.org_id != org_id:
         raise NotFound(
             "The specified project does not exist or you do not have access to it", code="PROJECT_NOT_FOUND"

@@ -25,6 +25,7 @@ from libra_deploy.models import (
     DeploymentLog,
     DeploymentStep,
     ProjectStatus,
+    is_plausible_id,
 )
 from libra_deploy.ports import ObjectStore
 from libra_deploy.redact import redact_text
@@ -145,7 +146,7 @@ def _store_blobs(store: ObjectStore, files: Sequence[IncomingFile]) -> None:
 
 def get_deployment(session: Session, org_id: str, deployment_id: str) -> Deployment:
     """The deployment, if it belongs to the organisation. Another organisation's deployment is 404."""
-    deployment = session.get(Deployment, deployment_id)
+    deployment = session.get(Deployment, deployment_id) if is_plausible_id(deployment_id) else None
     if deployment is None or deployment.org_id != org_id:
         raise NotFound(f"deployment {deployment_id} does not exist", code="DEPLOYMENT_NOT_FOUND")
     return deployment
@@ -153,7 +154,7 @@ def get_deployment(session: Session, org_id: str, deployment_id: str) -> Deploym
 
 def get_any_deployment(session: Session, deployment_id: str) -> Deployment:
     """The deployment whatever its organisation: only for DEPLOY_STATUS_PUBLIC's public status."""
-    deployment = session.get(Deployment, deployment_id)
+    deployment = session.get(Deployment, deployment_id) if is_plausible_id(deployment_id) else None
     if deployment is None:
         raise NotFound(f"deployment {deployment_id} does not exist", code="DEPLOYMENT_NOT_FOUND")
     return deployment

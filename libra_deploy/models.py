@@ -6,6 +6,7 @@ what they name when they turn up in a log line or a support ticket.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -33,6 +34,15 @@ AutoId = BigInteger().with_variant(Integer(), "sqlite")
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{str(ULID()).lower()}"
+
+
+_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")
+
+
+def is_plausible_id(value: str) -> bool:
+    """Whether ``value`` could be an id at all. Client-given ids are checked before any query:
+    a NUL byte or a megabyte of text is an answer of 404, not a database error."""
+    return _ID.fullmatch(value) is not None
 
 
 class DeploymentStatus(StrEnum):

@@ -40,6 +40,7 @@ def _now() -> str:
 @blp.route("/")
 class Index(MethodView):
     @blp.response(200, ServiceInfoSchema)
+    @blp.doc(security=[])
     def get(self) -> dict[str, Any]:
         """Service information and the list of endpoints"""
         return {
@@ -60,6 +61,7 @@ class Index(MethodView):
 class Health(MethodView):
     @blp.response(200, HealthSchema)
     @blp.alt_response(503, schema=HealthSchema, description="A dependency does not answer")
+    @blp.doc(security=[])
     def get(self) -> tuple[dict[str, Any], int]:
         """Health of the service and of its database and broker (503 when either is down)"""
         checks = {"database": _database_check(), "queue": "healthy" if broker_reachable() else "unhealthy"}
@@ -109,6 +111,9 @@ SCALAR_PAGE = """<!doctype html>
 
 @blp.route("/docs")
 class Docs(MethodView):
+    @blp.doc(
+        security=[], responses={"200": {"description": "The API reference", "content": {"text/html": {}}}}
+    )
     def get(self) -> Response:
         """The API reference (Scalar), reading /openapi.json"""
         return Response(SCALAR_PAGE, mimetype="text/html")

@@ -9,13 +9,37 @@ from werkzeug.wsgi import wrap_file
 
 from libra_deploy import sites
 from libra_deploy.errors import NotFound
+from libra_deploy.models import is_plausible_id
 from web.api import Blueprint
 from web.context import runtime
 
 blp = Blueprint("sites", __name__, url_prefix="/sites", description="Deployed sites (public)")
 
+#: How the document describes a served file: public, any content type, the usual HTTP answers.
+SITE_RESPONSES = {
+    "security": [],
+    "responses": {
+        "200": {"description": "The file (any content type)", "content": {"*/*": {}}},
+        "304": {"description": "Not modified since the ETag the client holds"},
+        "308": {
+            "description": "Redirect to the canonical path",
+            "headers": {"Location": {"schema": {"type": "string"}}},
+        },
+        "404": {
+            "description": "No such site or file (the site's own 404 page when it has one)",
+            "content": {"*/*": {}},
+        },
+    },
+}
+
+
+def _site_not_found(project_id: str) -> NotFound:
+    return NotFound(f"no deployment of project {project_id} is live", code="SITE_NOT_FOUND")
+
 
 def serve(project_id: str, path: str) -> Response:
+    if not is_plausible_id(project_id):
+        raise _site_not_found(project_id)
     target = runtime().target
     deployment_id = target.live_deployment(project_id)
     if deployment_id is None:
@@ -48,14 +72,18 @@ def serve(project_id: str, path: str) -> Response:
 
 @blp.route("/<project_id>")
 class SiteRoot(MethodView):
+    @blp.doc(**SITE_RESPONSES)
     def get(self, project_id: str) -> Response:
         """Redirect to the site's root, with its trailing slash"""
+        if not is_plausible_id(project_id):
+            raise _site_not_found(project_id)
         return redirect(f"{request.script_root}/sites/{project_id}/", code=308)
 
 
 @blp.route("/<project_id>/", defaults={"path": ""})
 @blp.route("/<project_id>/<path:path>")
 class SiteFile(MethodView):
+    @blp.doc(**SITE_RESPONSES)
     def get(self, project_id: str, path: str) -> Response:
         """A file of the project's live deployment"""
         return serve(project_id, path)

@@ -111,9 +111,10 @@ def test_configured_origins_replace_the_default_ones(settings):
             )
 
 
-# Rate limits -------------------------------------------------------------------------------------
+# Rate limits: Redis counters, or memory where the broker is not Redis (so the stack matters) ---------
 
 
+@pytest.mark.stack
 def test_the_rate_limit_per_token_answers_429_with_retry_after(settings, runtime):
     tenant = make_tenant(runtime)
     with custom_app(settings, deploy_rate_limit_per_token="3/minute") as app:
@@ -141,6 +142,7 @@ def test_the_rate_limit_per_token_answers_429_with_retry_after(settings, runtime
     assert _deployments(runtime, tenant.project_id) == 0
 
 
+@pytest.mark.stack
 def test_the_rate_limit_per_organisation_spans_its_tokens(settings, runtime):
     tenant = make_tenant(runtime)
     with transaction(runtime.sessions) as session:
@@ -164,6 +166,7 @@ def test_the_rate_limit_per_organisation_spans_its_tokens(settings, runtime):
 # The cap on active deployments ----------------------------------------------------------------------
 
 
+@pytest.mark.stack
 def test_the_cap_on_queued_or_running_deployments_per_organisation(settings, runtime):
     tenant = make_tenant(runtime)
     first, second, third = tenant.project_id, new_project(runtime, tenant), new_project(runtime, tenant)
@@ -268,6 +271,7 @@ ORDER_CASES = [
 ]
 
 
+@pytest.mark.stack
 @pytest.mark.parametrize(
     ("conditions", "body", "authenticated", "status", "code"),
     [case[1:] for case in ORDER_CASES],

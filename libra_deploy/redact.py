@@ -174,6 +174,11 @@ def redact_record(record: logging.LogRecord) -> logging.LogRecord:
     try:
         message = record.getMessage()
     except Exception:
+        # A malformed record (arguments that do not fit the format) fails again in its handler,
+        # which prints the message and the arguments: both are redacted for that.
+        record.msg = redact_text(str(record.msg))
+        if isinstance(record.args, tuple):
+            record.args = tuple(redact_text(str(arg)) for arg in record.args)
         return record
     record.msg = redact_text(message)
     record.args = None

@@ -75,6 +75,7 @@ def retry_after() -> int:
     try:
         reset_at = current.reset_at if current is not None else None
     except Exception:
+        # Reading the window needs the storage, which may have just gone away: the 429 still goes out.
         reset_at = None
     if reset_at is None:
         return DEFAULT_RETRY_AFTER_S

@@ -116,7 +116,8 @@ class LocalSandboxProvider:
         # root's processes against a process limit, and a build has no business being root.
         self._uid = sandbox_uid if os.geteuid() == 0 else None
         self._setpriv = shutil.which("setpriv") if self._uid is not None else None
-        #: "bubblewrap" or "none": how builds are isolated here, as /health reports it.
+        #: "bubblewrap" or "none": how builds are isolated here, as /health reports it. "none" while
+        #: the trial sandbox of the probe runs (it needs no ownership change).
         self.isolation = "none"
         self.isolation = self._choose_isolation(isolation)
 

@@ -10,8 +10,9 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from libra_deploy import domains, templates
+from libra_deploy.config import Settings
 from libra_deploy.errors import Conflict, InvalidInput, NotFound
-from libra_deploy.models import Organization, Project, User
+from libra_deploy.models import Organization, Project, User, is_plausible_id
 from libra_deploy.registry import SANDBOX_PROVIDERS
 
 
@@ -30,7 +31,7 @@ def create_organization(session: Session, name: str) -> Organization:
 
 
 def get_organization(session: Session, org_id: str) -> Organization:
-    org = session.get(Organization, org_id)
+    org = session.get(Organization, org_id) if is_plausible_id(org_id) else None
     if org is None:
         raise NotFound(f"organisation {org_id} does not exist", code="ORG_NOT_FOUND")
     return org
@@ -59,6 +60,7 @@ def create_project(
     custom_domain: str | None = None,
     spa_fallback: bool = True,
     sandbox_provider: str | None = None,
+    settings: Settings | None = None,
 ) -> Project:
     get_organization(session, org_id)
     if template is not None:
@@ -69,7 +71,7 @@ def create_project(
             code="UNKNOWN_SANDBOX_PROVIDER",
             details={"field": "sandboxProvider", "choices": list(SANDBOX_PROVIDERS)},
         )
-    domain = domains.normalize(custom_domain) if custom_domain else None
+    domain = domains.normalize(custom_domain, settings) if custom_domain else None
     if domain:
         domains.ensure_available(session, domain, project_id=None)
     project = Project(
@@ -91,7 +93,7 @@ def create_project(
 
 def get_project(session: Session, org_id: str, project_id: str) -> Project:
     """The project, if it belongs to the organisation. Another organisation's project is 404."""
-    project = session.get(Project, project_id)
+    project = session.get(Project, project_id) if is_plausible_id(project_id) else None
     if project is None or project.org_id != org_id:
         raise NotFound(
             "The specified project does not exist or you do not have access to it", code="PROJECT_NOT_FOUND"

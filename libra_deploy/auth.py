@@ -1,4 +1,9 @@
-"""Who is calling: API tokens, stored as SHA-256 only, resolved to an organisation and a user."""
+"""Who is calling: API tokens and cookie sessions, stored as SHA-256 only, resolved to a principal.
+
+Tokens (``Authorization: Bearer ldt_...``) are for programs; sessions (the ``session`` cookie,
+``lds_...``) are for browsers and expire. An unknown, revoked and expired credential all get the
+same answer, so that an answer never tells which of them a guess was.
+"""
 
 from __future__ import annotations
 
@@ -11,10 +16,11 @@ from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
 from libra_deploy.db import utcnow
-from libra_deploy.errors import NotFound, Unauthorized
-from libra_deploy.models import ApiToken, User
+from libra_deploy.errors import InvalidInput, NotFound, Unauthorized
+from libra_deploy.models import ApiToken, User, UserSession
 
 TOKEN_PREFIX = "ldt_"  # noqa: S105 - a prefix that marks tokens in leaked text, not a secret
+SESSION_PREFIX = "lds_"
 # Recording every use would add a write to every request; a minute's precision is plenty.
 LAST_USED_PRECISION = timedelta(minutes=1)
 
@@ -25,6 +31,7 @@ class Principal:
 
     org_id: str
     user_id: str
+    #: The id of the credential the request came with: an API token (tok_...) or a session (ses_...).
     token_id: str
 
 
@@ -32,11 +39,16 @@ def hash_token(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()
 
 
-def create_token(session: Session, *, org_id: str, user_id: str, name: str = "") -> tuple[ApiToken, str]:
-    """Create a token for a user of the organisation; return the row and the token (shown once)."""
+def _member(session: Session, org_id: str, user_id: str) -> User:
     user = session.get(User, user_id)
     if user is None or user.org_id != org_id:
         raise NotFound(f"user {user_id} is not a member of organisation {org_id}", code="USER_NOT_FOUND")
+    return user
+
+
+def create_token(session: Session, *, org_id: str, user_id: str, name: str = "") -> tuple[ApiToken, str]:
+    """Create a token for a user of the organisation; return the row and the token (shown once)."""
+    _member(session, org_id, user_id)
     token = TOKEN_PREFIX + secrets.token_urlsafe(32)
     row = ApiToken(org_id=org_id, user_id=user_id, token_hash=hash_token(token), name=name)
     session.add(row)
@@ -52,4 +64,39 @@ def authenticate_token(session: Session, token: str) -> Principal:
     now = utcnow()
     if row.last_used_at is None or now - row.last_used_at > LAST_USED_PRECISION:
         session.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now))
+    return Principal(org_id=row.org_id, user_id=row.user_id, token_id=row.id)
+
+
+def revoke_token(session: Session, token: str) -> ApiToken:
+    """Revoke an API token, named by its id (tok_...) or by the token itself. Revoking twice is harmless."""
+    by_value = token.startswith(TOKEN_PREFIX)
+    condition = ApiToken.token_hash == hash_token(token) if by_value else ApiToken.id == token
+    row = session.scalars(select(ApiToken).where(condition)).first()
+    if row is None:
+        # Never echo a token given by value: it may be a real one mistyped.
+        raise NotFound("no such API token" if by_value else f"no API token {token}", code="TOKEN_NOT_FOUND")
+    row.revoked_at = row.revoked_at or utcnow()
+    session.flush()
+    return row
+
+
+def create_session(session: Session, *, org_id: str, user_id: str, ttl: timedelta) -> tuple[UserSession, str]:
+    """Open a session for a user of the organisation; return the row and the cookie value (shown once)."""
+    if ttl <= timedelta(0):
+        raise InvalidInput("a session's lifetime must be positive", details={"field": "ttl"})
+    _member(session, org_id, user_id)
+    value = SESSION_PREFIX + secrets.token_urlsafe(32)
+    row = UserSession(
+        org_id=org_id, user_id=user_id, session_hash=hash_token(value), expires_at=utcnow() + ttl
+    )
+    session.add(row)
+    session.flush()
+    return row, value
+
+
+def authenticate_session(session: Session, value: str) -> Principal:
+    """Resolve a ``session`` cookie, or raise Unauthorized (unknown, revoked and expired alike)."""
+    row = session.scalars(select(UserSession).where(UserSession.session_hash == hash_token(value))).first()
+    if row is None or row.revoked_at is not None or row.expires_at <= utcnow():
+        raise Unauthorized("the session is not valid or has expired", code="INVALID_SESSION")
     return Principal(org_id=row.org_id, user_id=row.user_id, token_id=row.id)

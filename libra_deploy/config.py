@@ -19,14 +19,26 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import urlsplit
 
+import limits
+import limits.storage
+
 from libra_deploy.errors import ConfigError
-from libra_deploy.redact import redact_url, register_secret
+from libra_deploy.redact import looks_secret, redact_url, register_secrets, url_password
 from libra_deploy.registry import DEPLOY_TARGETS, OBJECT_STORES, SANDBOX_PROVIDERS
 
 ENVIRONMENTS = ("development", "test", "production")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
 
 MIB = 1024 * 1024
+GIB = 1024 * MIB
+#: How builds are isolated: bubblewrap when it works here (auto), always (bubblewrap: start-up
+#: fails without it), or never (none: resource limits and a scrubbed environment only).
+SANDBOX_ISOLATIONS = ("auto", "bubblewrap", "none")
+DEFAULT_CORS_ORIGINS = ("https://zepid.dev", "https://*.zepid.dev")
+_TRUE = ("1", "true", "yes", "on")
+_FALSE = ("0", "false", "no", "off")
+#: A browser origin: scheme, host (a ``*.`` prefix allows one label), optional port, nothing else.
+_ORIGIN = re.compile(r"^https?://(\*\.)?[a-z0-9-]+(\.[a-z0-9-]+)*(:\d{1,5})?$")
 
 #: Environment variable -> Settings field, for the settings that adapters require.
 ENV_FIELDS = {
@@ -158,6 +170,34 @@ class Settings:
     daytona_target: str = ""
     daytona_snapshot: str = ""
     daytona_image: str = ""
+    # Trust boundaries (issue 4): quotas, caps, rate limits, CORS, public endpoints, the sandbox.
+    #: Deployments an organisation may start per calendar month (UTC) unless it has its own limit.
+    default_deploy_quota: int = 1000
+    #: Deployments an organisation may have queued or running at once.
+    max_active_deployments_per_org: int = 25
+    #: flask-limiter rate strings ("60/minute", "10 per second; 500 per hour") for POST /deploy.
+    deploy_rate_limit_per_token: str = "60/minute"  # noqa: S105 - a rate, not a password
+    deploy_rate_limit_per_org: str = "300/minute"
+    #: Where rate-limit counters live: Redis in production, memory in the embedded default.
+    rate_limit_storage_url: str = "memory://"
+    #: Browser origins allowed by CORS besides any localhost port; "https://*.x" is one label under x.
+    cors_origins: tuple[str, ...] = DEFAULT_CORS_ORIGINS
+    #: Anyone holding a deployment id may read its status (logs redacted), as in the seed.
+    deploy_status_public: bool = False
+    #: When set, /metrics needs "Authorization: Bearer <METRICS_TOKEN>"; public otherwise.
+    metrics_token: str = field(default="", repr=False)
+    #: Domains of the platform besides the built-in ones: no project may attach a name under them.
+    platform_domains: tuple[str, ...] = ()
+    #: Default lifetime of a session made by ``libra-deploy sessions create``.
+    session_ttl_s: int = 14 * 24 * 3600
+    sandbox_isolation: str = "auto"
+    #: Limits of every process a build runs (CPU seconds, address space, file size, processes).
+    sandbox_cpu_seconds: int = 600
+    sandbox_memory_bytes: int = 4 * GIB
+    sandbox_file_bytes: int = 1 * GIB
+    sandbox_max_processes: int = 512
+    #: The unprivileged user builds run as when the service itself runs as root.
+    sandbox_uid: int = 65534
     extra: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -233,10 +273,26 @@ class Settings:
             "daytona_target": get("DAYTONA_TARGET"),
             "daytona_snapshot": get("DAYTONA_SNAPSHOT"),
             "daytona_image": get("DAYTONA_IMAGE"),
+            "default_deploy_quota": _int(env, "DEFAULT_DEPLOY_QUOTA", 1000, minimum=0),
+            "max_active_deployments_per_org": _int(env, "MAX_ACTIVE_DEPLOYMENTS_PER_ORG", 25, minimum=1),
+            "deploy_rate_limit_per_token": _rate(env, "DEPLOY_RATE_LIMIT_PER_TOKEN", "60/minute"),
+            "deploy_rate_limit_per_org": _rate(env, "DEPLOY_RATE_LIMIT_PER_ORG", "300/minute"),
+            "cors_origins": _origins(env, "CORS_ORIGINS", DEFAULT_CORS_ORIGINS),
+            "deploy_status_public": _bool(env, "DEPLOY_STATUS_PUBLIC", False),
+            "metrics_token": get("METRICS_TOKEN"),
+            "platform_domains": _domains(env, "PLATFORM_DOMAINS"),
+            "session_ttl_s": _int(env, "SESSION_TTL", 14 * 24 * 3600, minimum=60),
+            "sandbox_isolation": _choice(env, "SANDBOX_ISOLATION", "auto", SANDBOX_ISOLATIONS),
+            "sandbox_cpu_seconds": _int(env, "SANDBOX_CPU_SECONDS", 600, minimum=1),
+            "sandbox_memory_bytes": _int(env, "SANDBOX_MEMORY_BYTES", 4 * GIB, minimum=64 * MIB),
+            "sandbox_file_bytes": _int(env, "SANDBOX_FILE_BYTES", 1 * GIB, minimum=1 * MIB),
+            "sandbox_max_processes": _int(env, "SANDBOX_MAX_PROCESSES", 512, minimum=8),
+            "sandbox_uid": _int(env, "SANDBOX_UID", 65534, minimum=1),
             "extra": dict(env),
         }
-        for name in SECRET_SETTINGS:
-            register_secret(values[ENV_FIELDS[name]])
+        values["rate_limit_storage_url"] = _rate_limit_storage(
+            get("RATE_LIMIT_STORAGE_URL"), values["broker_url"]
+        )
         if values["daytona_snapshot"] and values["daytona_image"]:
             raise ConfigError("DAYTONA_IMAGE", "cannot be set together with DAYTONA_SNAPSHOT")
         if values["deployment_queue"] == values["deployment_dlq"]:
@@ -244,6 +300,8 @@ class Settings:
                 "DEPLOYMENT_DLQ_NAME", "must differ from DEPLOYMENT_QUEUE_NAME", values["deployment_dlq"]
             )
         settings = cls(**values)
+        # From now on no text the service shows (log, error, status, dead letter) carries them.
+        register_secrets(settings.secret_values())
         settings.require_adapter("SANDBOX_BUILDER_DEFAULT_PROVIDER", settings.sandbox_provider)
         settings.require_adapter("DEPLOY_TARGET", settings.deploy_target)
         settings.require_adapter("OBJECT_STORE", settings.object_store)
@@ -313,12 +371,27 @@ class Settings:
             if f.name == "extra":
                 continue
             value = getattr(self, f.name)
-            if f.name in ("database_url", "broker_url"):
+            if f.name in ("database_url", "broker_url", "rate_limit_storage_url"):
                 value = redact_url(value)
-            elif f.name in SECRET_FIELDS and value:
+            elif (f.name in SECRET_FIELDS or f.name == "metrics_token") and value:
                 value = "***"
             shown[f.name] = str(value) if isinstance(value, Path) else value
         return shown
+
+    def secret_values(self) -> set[str]:
+        """The values of the service's own secrets, which must never be shown anywhere.
+
+        They are the values of environment variables whose names say they hold a secret (API keys,
+        tokens, passwords...), and the passwords inside the service's URLs.
+        """
+        found = {value.strip() for name, value in self.extra.items() if looks_secret(name) and value.strip()}
+        for url in (self.database_url, self.broker_url, self.rate_limit_storage_url):
+            password = url_password(url)
+            if password:
+                found.add(password)
+        if self.metrics_token:
+            found.add(self.metrics_token)
+        return found
 
 
 def _int(env: Mapping[str, str], name: str, default: int, *, minimum: int, maximum: int | None = None) -> int:
@@ -360,15 +433,6 @@ def _choice(
     return value
 
 
-def _bool(env: Mapping[str, str], name: str) -> bool:
-    raw = env.get(name, "").strip().lower()
-    if raw in ("", "0", "false", "no", "off"):
-        return False
-    if raw in ("1", "true", "yes", "on"):
-        return True
-    raise ConfigError(name, "must be 1 or 0 (true or false)", raw)
-
-
 def _url(env: Mapping[str, str], name: str) -> str:
     raw = env.get(name, "").strip()
     if not raw:
@@ -404,4 +468,58 @@ def _name(env: Mapping[str, str], name: str, default: str) -> str:
     raw = env.get(name, "").strip() or default
     if not all(c.isalnum() or c in "-_." for c in raw):
         raise ConfigError(name, "may hold only letters, digits, '-', '_' and '.'", raw)
+    return raw
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool = False) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in _TRUE:
+        return True
+    if raw in _FALSE:
+        return False
+    raise ConfigError(name, "must be 1 or 0 (true or false)", raw)
+
+
+def _rate(env: Mapping[str, str], name: str, default: str) -> str:
+    raw = env.get(name, "").strip() or default
+    try:
+        limits.parse_many(raw)
+    except ValueError:
+        raise ConfigError(
+            name, "must be a rate such as 60/minute or '10 per second; 500 per hour'", raw
+        ) from None
+    return raw
+
+
+def _origins(env: Mapping[str, str], name: str, default: tuple[str, ...]) -> tuple[str, ...]:
+    raw = env.get(name)
+    if raw is None:
+        return default
+    origins = tuple(o.strip().lower().rstrip("/") for o in raw.split(",") if o.strip())
+    for origin in origins:
+        if not _ORIGIN.match(origin):
+            raise ConfigError(
+                name, "must list origins such as https://app.example.io or https://*.example.io", origin
+            )
+    return origins
+
+
+def _domains(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    domains = tuple(d.strip().lower().rstrip(".") for d in env.get(name, "").split(",") if d.strip())
+    for domain in domains:
+        if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", domain):
+            raise ConfigError(name, "must list domain names such as example.io (IDNA ASCII form)", domain)
+    return domains
+
+
+def _rate_limit_storage(raw: str, broker_url: str) -> str:
+    """RATE_LIMIT_STORAGE_URL, by default the broker's Redis, else this process's memory."""
+    if not raw:
+        return broker_url if urlsplit(broker_url).scheme in ("redis", "rediss") else "memory://"
+    if urlsplit(raw).scheme not in limits.storage.SCHEMES:
+        raise ConfigError(
+            "RATE_LIMIT_STORAGE_URL", "must be memory://, redis://... (a limits storage URL)", raw
+        )
     return raw

@@ -16,6 +16,8 @@ from sqlalchemy import select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
+from libra_deploy import quota
+from libra_deploy.config import Settings
 from libra_deploy.db import utcnow
 from libra_deploy.errors import Conflict, NotFound, StepError
 from libra_deploy.models import (
@@ -125,11 +127,12 @@ class Replay:
     start: str
 
 
-def prepare_replay(session: Session, letter: DeadLetter, *, from_start: bool) -> Replay:
+def prepare_replay(session: Session, settings: Settings, letter: DeadLetter, *, from_start: bool) -> Replay:
     """Put the deployment back in the queue, to resume at the failed step (or at validate).
 
-    Refused (Conflict) when the deployment completed meanwhile, or when its project has another
-    deployment queued or running. The caller commits, publishes, then marks the letter replayed.
+    Refused when the deployment completed meanwhile or its project has another deployment queued or
+    running (Conflict), or when its organisation has no quota left for it (TooManyRequests). The
+    caller commits, publishes, then marks the letter replayed.
     """
     if letter.replayed_at is not None or letter.purged_at is not None:
         raise Conflict(f"dead letter {letter.id} was already replayed or purged", code="DEAD_LETTER_CLOSED")
@@ -175,6 +178,7 @@ def prepare_replay(session: Session, letter: DeadLetter, *, from_start: bool) ->
     project = session.get(Project, deployment.project_id)
     if project is not None:
         project.deployment_status = ProjectStatus.PREPARING
+    quota.readmit(session, settings, deployment)
     return Replay(deployment_id, start)
 
 

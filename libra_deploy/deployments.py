@@ -6,7 +6,7 @@ only after its commit (so a worker can never pick up a deployment that is not in
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from libra_deploy import accounts, domains, uploads
+from libra_deploy import accounts, domains, quota, uploads
 from libra_deploy.auth import Principal
 from libra_deploy.config import Settings
 from libra_deploy.db import utcnow
@@ -28,8 +28,10 @@ from libra_deploy.models import (
     Project,
     ProjectStatus,
     StepStatus,
+    is_plausible_id,
 )
 from libra_deploy.ports import ObjectStore, PresignedDownloads
+from libra_deploy.redact import redact_text
 from libra_deploy.sources import IncomingFile, blob_key, check_tree, decode_init_files
 from libra_deploy.steps import STEPS
 from libra_deploy.steps.cleanup import log_key
@@ -75,16 +77,31 @@ def check_history(messages: Sequence[Mapping[str, Any]], settings: Settings) -> 
 
 
 def start_deployment(
-    session: Session, settings: Settings, store: ObjectStore, principal: Principal, request: DeployRequest
+    session: Session,
+    settings: Settings,
+    store: ObjectStore,
+    principal: Principal,
+    request: DeployRequest,
+    *,
+    rate_limit: Callable[[], None] | None = None,
 ) -> Deployment:
-    """Record a new queued deployment and store its uploaded files. The caller commits, then enqueues."""
+    """Record a new queued deployment and store its uploaded files. The caller commits, then enqueues.
+
+    The checks run in a fixed order, so that a request breaking two rules always gets the same
+    answer: the input (400/413), ``rate_limit`` (the web layer's 429, counted only for well-formed
+    requests), the project (404), the custom domain and the project's running deployment (409), the
+    organisation's cap on active deployments (429), its quota (429). Nothing is written, neither a
+    row nor a blob, for a refused request.
+    """
     if request.org_id is not None and request.org_id != principal.org_id:
         raise Forbidden("orgId does not match the organisation of your credentials", code="ORG_MISMATCH")
     if request.user_id is not None and request.user_id != principal.user_id:
         raise Forbidden("userId does not match the user of your credentials", code="USER_MISMATCH")
     files = decode_init_files(request.init_files, settings)
     history = check_history(request.history_messages, settings)
-    domain = domains.normalize(request.custom_domain) if request.custom_domain else None
+    domain = domains.normalize(request.custom_domain, settings) if request.custom_domain else None
+    if rate_limit is not None:
+        rate_limit()
 
     project = accounts.get_project(session, principal.org_id, request.project_id)
     if not project.is_active:
@@ -116,6 +133,7 @@ def start_deployment(
     except IntegrityError:
         # The caller's transaction is rolled back as this error leaves it.
         raise deployment_in_progress(request.project_id) from None
+    quota.admit(session, settings, deployment)
     project.deployment_status = ProjectStatus.PREPARING
     session.add(DeploymentLog(deployment_id=deployment.id, message="Deployment queued"))
     _store_blobs(store, files)
@@ -173,8 +191,20 @@ def _store_blobs(store: ObjectStore, files: Sequence[IncomingFile]) -> None:
 
 def get_deployment(session: Session, org_id: str, deployment_id: str, *, lock: bool = False) -> Deployment:
     """The deployment, if it belongs to the organisation. Another organisation's deployment is 404."""
-    deployment = session.get(Deployment, deployment_id, with_for_update=lock)
+    deployment = (
+        session.get(Deployment, deployment_id, with_for_update=lock)
+        if is_plausible_id(deployment_id)
+        else None
+    )
     if deployment is None or deployment.org_id != org_id:
+        raise NotFound(f"deployment {deployment_id} does not exist", code="DEPLOYMENT_NOT_FOUND")
+    return deployment
+
+
+def get_any_deployment(session: Session, deployment_id: str) -> Deployment:
+    """The deployment whatever its organisation: only for DEPLOY_STATUS_PUBLIC's public status."""
+    deployment = session.get(Deployment, deployment_id) if is_plausible_id(deployment_id) else None
+    if deployment is None:
         raise NotFound(f"deployment {deployment_id} does not exist", code="DEPLOYMENT_NOT_FOUND")
     return deployment
 
@@ -209,6 +239,7 @@ def cancel(session: Session, principal: Principal, deployment_id: str) -> Cancel
     deployment.cancel_requested_at = deployment.finished_at = now
     deployment.error_code = "CANCELLED"
     deployment.error_message = "cancelled on request"
+    quota.release(session, deployment.id)
     for step in deployment.steps:
         if step.status == StepStatus.PENDING and step.step != "cleanup":
             step.status = StepStatus.SKIPPED
@@ -235,12 +266,19 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def status_body(
-    session: Session, settings: Settings, deployment: Deployment, store: ObjectStore | None = None
+    session: Session,
+    settings: Settings,
+    deployment: Deployment,
+    store: ObjectStore | None = None,
+    *,
+    public: bool = False,
 ) -> dict[str, Any]:
     """The seed's /deploy-status body, from the recorded steps and the newest log lines.
 
     When the object store can presign downloads (``OBJECT_STORE=s3``), a finished deployment also
     carries ``logUrl`` (its full log) and, when it was built, ``artifactUrl`` (the output, tarred).
+    ``public`` is the body shown to someone outside the organisation (DEPLOY_STATUS_PUBLIC): every
+    log line and error goes through the redactor once more, with the secrets known now.
     """
     steps: dict[str, dict[str, Any]] = {}
     for step in deployment.steps:
@@ -259,6 +297,12 @@ def status_body(
         .order_by(DeploymentLog.id.desc())
         .limit(settings.status_log_lines)
     ).all()
+    logs = list(reversed(lines))
+    if public:
+        logs = [redact_text(line) for line in logs]
+        for entry in steps.values():
+            if "error" in entry:
+                entry["error"] = redact_text(entry["error"])
     body: dict[str, Any] = {
         "deploymentId": deployment.id,
         "projectId": deployment.project_id,
@@ -266,14 +310,14 @@ def status_body(
         "currentStep": deployment.current_step,
         "progress": deployment.progress,
         "steps": steps,
-        "logs": list(reversed(lines)),
+        "logs": logs,
         "createdAt": _iso(deployment.created_at),
         "startedAt": _iso(deployment.started_at),
         "finishedAt": _iso(deployment.finished_at),
         "timestamp": _iso(utcnow()),
     }
     if deployment.error_message:
-        body["error"] = deployment.error_message
+        body["error"] = redact_text(deployment.error_message) if public else deployment.error_message
         body["errorCode"] = deployment.error_code
     if deployment.url:
         body["url"] = deployment.url

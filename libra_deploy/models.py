@@ -6,6 +6,7 @@ what they name when they turn up in a log line or a support ticket.
 
 from __future__ import annotations
 
+import re
 from datetime import datetime
 from enum import StrEnum
 from typing import Any
@@ -35,6 +36,15 @@ AutoId = BigInteger().with_variant(Integer(), "sqlite")
 
 def new_id(prefix: str) -> str:
     return f"{prefix}_{str(ULID()).lower()}"
+
+
+_ID = re.compile(r"[A-Za-z0-9_-]{1,40}")
+
+
+def is_plausible_id(value: str) -> bool:
+    """Whether ``value`` could be an id at all. Client-given ids are checked before any query:
+    a NUL byte or a megabyte of text is an answer of 404, not a database error."""
+    return _ID.fullmatch(value) is not None
 
 
 class DeploymentStatus(StrEnum):
@@ -99,6 +109,20 @@ class ApiToken(Base):
     name: Mapped[str] = mapped_column(String(200), default="")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     last_used_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class UserSession(Base):
+    """A browser session (the ``session`` cookie). Only the SHA-256 of the cookie's value is stored."""
+
+    __tablename__ = "sessions"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("ses"))
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), index=True)
+    user_id: Mapped[str] = mapped_column(ForeignKey("users.id", ondelete="CASCADE"), index=True)
+    session_hash: Mapped[str] = mapped_column(String(64), unique=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime)
     revoked_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
 
 

@@ -84,11 +84,14 @@ class SandboxProvider(Protocol):
         timeout_s: float,
         on_output: LineSink,
         cwd: str = "",
+        network: bool = False,
     ) -> int:
         """Run ``command`` in the project directory (or ``cwd`` inside it) and return its exit code.
 
         Output lines go to ``on_output`` as they arrive. Past ``timeout_s`` the command is killed
-        and :class:`~libra_deploy.errors.DeploymentTimeout` is raised.
+        and :class:`~libra_deploy.errors.DeploymentTimeout` is raised. ``network`` says whether the
+        command may reach the network (installing dependencies); a provider that cannot cut the
+        network per command ignores it.
         """
         ...
 

@@ -1,8 +1,10 @@
 """A deployment's source files: untrusted paths made safe, uploads decoded, trees merged.
 
 Every path that reaches the object store, a sandbox or a deploy target went through
-:func:`normalize_path`: relative, forward slashes, no ``..``, no control characters, NFC. The
-limits come from the settings and every refusal names the limit or the rule it broke.
+:func:`normalize_path`: relative, forward slashes, no ``..``, no control characters, NFC. Two paths
+of one request that name the same file once normalised (``a//b`` and ``a/b``, an NFC and an NFD
+spelling, a compatibility character and its plain form) are refused rather than one silently
+winning. The limits come from the settings and every refusal names the limit or the rule it broke.
 """
 
 from __future__ import annotations
@@ -19,6 +21,9 @@ from libra_deploy.config import Settings
 from libra_deploy.errors import InvalidInput, PayloadTooLarge
 from libra_deploy.ports import FileEntry, Manifest
 
+#: Characters that reorder how a name is displayed: they disguise a path (``evil\u202egnp.js``).
+_BIDI_CONTROLS = frozenset("\u061c\u200e\u200f\u202a\u202b\u202c\u202d\u202e\u2066\u2067\u2068\u2069")
+
 
 def blob_key(sha256: str) -> str:
     """Where a content-addressed blob lives in the object store."""
@@ -32,13 +37,14 @@ def sha256_hex(data: bytes) -> str:
 def normalize_path(raw: object, settings: Settings, *, field: str) -> str:
     """Return the canonical form of a file path given by a client, or raise InvalidInput."""
 
-    def refuse(reason: str) -> InvalidInput:
-        return InvalidInput(f"{field}: {reason}", details={"field": field, "path": str(raw)[:200]})
+    def refuse(reason: str, **limit: object) -> InvalidInput:
+        details = {"field": field, "path": ascii(raw)[1:-1][:200] if isinstance(raw, str) else None}
+        return InvalidInput(f"{field}: {reason}", details={**details, **limit})
 
     if not isinstance(raw, str) or not raw.strip():
         raise refuse("a path must be a non-empty string")
     path = unicodedata.normalize("NFC", raw)
-    if any(ord(c) < 0x20 or ord(c) == 0x7F for c in path):
+    if any(unicodedata.category(c) == "Cc" or c in _BIDI_CONTROLS for c in path):
         raise refuse("control characters (including NUL) are not allowed in a path")
     if "\\" in path:
         raise refuse("backslashes are not allowed in a path; use '/'")
@@ -51,9 +57,17 @@ def normalize_path(raw: object, settings: Settings, *, field: str) -> str:
         raise refuse("the path names no file")
     normalized = "/".join(parts)
     if len(normalized.encode()) > settings.max_path_length:
-        raise refuse(f"the path is longer than MAX_PATH_LENGTH ({settings.max_path_length} bytes)")
+        raise refuse(
+            f"the path is longer than MAX_PATH_LENGTH ({settings.max_path_length} bytes)",
+            limit="MAX_PATH_LENGTH",
+            value=settings.max_path_length,
+        )
     if len(parts) > settings.max_path_depth:
-        raise refuse(f"the path is deeper than MAX_PATH_DEPTH ({settings.max_path_depth} directories)")
+        raise refuse(
+            f"the path is deeper than MAX_PATH_DEPTH ({settings.max_path_depth} directories)",
+            limit="MAX_PATH_DEPTH",
+            value=settings.max_path_depth,
+        )
     return normalized
 
 
@@ -82,12 +96,14 @@ def decode_init_files(items: Sequence[Mapping[str, Any]], settings: Settings) ->
     for index, item in enumerate(items):
         field = f"initFiles[{index}]"
         path = normalize_path(item.get("path"), settings, field=f"{field}.path")
-        if path in seen:
+        # NFKC folds look-alike spellings (full-width letters, ligatures) that NFC keeps apart.
+        key = unicodedata.normalize("NFKC", path)
+        if key in seen:
             raise InvalidInput(
-                f"{field}.path: {item.get('path')!r} names the same file as {seen[path]!r}",
-                details={"field": f"{field}.path", "path": path},
+                f"{field}.path: {item.get('path')!a} names the same file as {seen[key]!a} once normalised",
+                details={"field": f"{field}.path", "path": path, "rule": "collision"},
             )
-        seen[path] = str(item.get("path"))
+        seen[key] = str(item.get("path"))
         if item.get("delete"):
             files.append(IncomingFile(path, None))
             continue
@@ -99,7 +115,8 @@ def decode_init_files(items: Sequence[Mapping[str, Any]], settings: Settings) ->
         encoding = item.get("encoding") or "utf-8"
         if encoding == "base64":
             try:
-                data = base64.b64decode(content, validate=True)
+                # Line breaks are common in base64 (MIME wraps at 76); anything else must be base64.
+                data = base64.b64decode("".join(content.split()), validate=True)
             except (binascii.Error, ValueError):
                 raise InvalidInput(
                     f"{field}.content: not valid base64 ({path})",

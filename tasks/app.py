@@ -26,10 +26,16 @@ app.config_from_object("celeryconfig")
 @worker_init.connect
 def _prepare_worker(sender: Any = None, **_: Any) -> None:
     """Check the settings, and declare the dead-letter queue, before the first message is taken."""
+    from libra_deploy.redact import install_log_redaction
     from tasks.runtime import get_runtime
     from tasks.topology import declare_dead_letter_queue
 
-    get_runtime()
+    runtime = get_runtime()
+    # Nothing the worker logs may show a secret of the service.
+    install_log_redaction(runtime.settings.secret_values())
+    if runtime.settings.sandbox_provider == "local":
+        # Says at start-up, in the log, when builds cannot be isolated with bubblewrap here.
+        runtime.sandbox()
     declare_dead_letter_queue(app)
 
 

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import dataclasses
 import time
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
 from libra_deploy import accounts, auth
+from libra_deploy.auth import Principal
 from libra_deploy.db import transaction
 from libra_deploy.runtime import Runtime
 
@@ -134,3 +138,64 @@ def deploy_completed(
     status = wait_for(client, tenant, deployment_id)
     assert status["status"] == "completed", status
     return deployment_id
+
+
+@contextmanager
+def custom_app(settings: Any, **overrides: Any) -> Iterator[Any]:
+    """An app on the test database whose settings differ (small limits, public status...)."""
+    from web import create_app
+
+    runtime = Runtime.from_settings(dataclasses.replace(settings, **overrides))
+    try:
+        app = create_app(runtime)
+        app.config["TESTING"] = True
+        yield app
+    finally:
+        runtime.close()
+
+
+def queued_deployment(runtime: Runtime, tenant: Tenant, project_id: str | None = None) -> str:
+    """Record a deployment as POST /deploy does, without publishing it: it stays queued, so it
+    holds a quota reservation and counts as active for as long as a test needs."""
+    from libra_deploy.deployments import DeployRequest, start_deployment
+
+    principal = Principal(tenant.org_id, tenant.user_id, "tok_test")
+    request = DeployRequest(project_id=project_id or tenant.project_id, init_files=text_files({"a.txt": "a"}))
+    with transaction(runtime.sessions) as session:
+        return start_deployment(session, runtime.settings, runtime.store, principal, request).id
+
+
+def sleeping_build(seconds: float, marker: str) -> dict[str, str]:
+    """A package.json project whose build says "build started", sleeps, then writes dist/index.html.
+
+    ``marker`` is on the build's command line, so that the test finds its processes from the host
+    (inside bubblewrap's PID namespace, the build's own pid means nothing out here).
+    """
+    script = (
+        "const fs = require('fs'); console.log('build started');"
+        f"setTimeout(() => {{ fs.mkdirSync('dist', {{recursive: true}}); "
+        f"fs.writeFileSync('dist/index.html', 'built after {seconds} s'); }}, {int(seconds * 1000)});"
+    )
+    package = {"scripts": {"build": f"node build.js {marker}"}}
+    import json
+
+    return {"package.json": json.dumps(package), "build.js": script}
+
+
+def build_processes(marker: str) -> list[int]:
+    """Host pids of the live processes (not zombies) whose command line holds ``marker``."""
+    from pathlib import Path
+
+    found = []
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            if marker.encode() not in (proc / "cmdline").read_bytes():
+                continue
+            state = (proc / "stat").read_text().rsplit(")", 1)[1].split()[0]
+        except OSError:
+            continue
+        if state not in ("Z", "X"):
+            found.append(int(proc.name))
+    return found

@@ -183,7 +183,7 @@ def test_public_endpoints_need_no_credentials(client):
 def test_health_checks_database_and_broker(client, worker):
     body = client.get("/health").get_json()
     assert body["status"] == "healthy"
-    assert body["checks"] == {"database": "healthy", "queue": "healthy"}
+    assert body["checks"] == {"database": "healthy", "queue": "healthy", "isolation": "bubblewrap"}
     assert body["uptime"] >= 0
 
 

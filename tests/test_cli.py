@@ -182,3 +182,60 @@ def test_projects_create_takes_a_template_and_a_sandbox_provider(embedded_env):
     assert unknown.stderr.strip() == (
         "libra-deploy: unknown template 'wordpress'; choose one of static, vite-react"
     )
+
+
+def _embedded_row(env: dict[str, str], sql: str, **params: str) -> tuple:
+    from sqlalchemy import create_engine, text
+
+    engine = create_engine(f"sqlite:///{env['LIBRA_DATA_DIR']}/libra.db")
+    try:
+        with engine.connect() as conn:
+            return tuple(conn.execute(text(sql), params).one())
+    finally:
+        engine.dispose()
+
+
+def test_sessions_tokens_and_quotas_from_the_command_line(embedded_env):
+    import hashlib
+
+    org_id = run(embedded_env, "orgs", "create", "Cookies").stdout.strip()
+    user_id = run(embedded_env, "users", "create", "--org", org_id, "web@cookies.io").stdout.strip()
+
+    session = run(embedded_env, "sessions", "create", "--org", org_id, "--user", user_id, "--ttl", "3600")
+    assert session.returncode == 0, session.stderr
+    value = session.stdout.strip()
+    assert value.startswith("lds_")
+    assert "\n" not in value
+    digest = hashlib.sha256(value.encode()).hexdigest()
+    (lifetime,) = _embedded_row(
+        embedded_env,
+        "SELECT (julianday(expires_at) - julianday(created_at)) * 86400 FROM sessions "
+        "WHERE session_hash = :h",
+        h=digest,
+    )
+    assert 3590 < lifetime < 3610
+
+    token = run(embedded_env, "tokens", "create", "--org", org_id, "--user", user_id)
+    token_id = token.stderr.split("created token ")[1].split()[0]
+    revoked = run(embedded_env, "tokens", "revoke", token_id)
+    assert (revoked.returncode, revoked.stdout) == (0, "")
+    assert f"revoked token {token_id}" in revoked.stderr
+    (revoked_at,) = _embedded_row(
+        embedded_env, "SELECT revoked_at FROM api_tokens WHERE id = :id", id=token_id
+    )
+    assert revoked_at is not None
+    missing = run(embedded_env, "tokens", "revoke", "tok_missing")
+    assert (missing.returncode, missing.stdout) == (1, "")
+
+    quota = run(embedded_env, "quota", "set", org_id, "25")
+    assert (quota.returncode, quota.stdout) == (0, "")
+    assert _embedded_row(
+        embedded_env, "SELECT deploy_quota FROM organizations WHERE id = :id", id=org_id
+    ) == (25,)
+    assert run(embedded_env, "quota", "set", org_id, "default").stdout == ""
+    assert _embedded_row(
+        embedded_env, "SELECT deploy_quota FROM organizations WHERE id = :id", id=org_id
+    ) == (None,)
+    bad = run(embedded_env, "quota", "set", org_id, "lots")
+    assert bad.returncode != 0
+    assert bad.stdout == ""

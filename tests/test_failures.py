@@ -6,6 +6,7 @@ import json
 import os
 import subprocess
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -16,7 +17,16 @@ from libra_deploy.deployments import DeployRequest, start_deployment
 from libra_deploy.models import DeadLetter, Deployment
 from tests.conftest import STACK
 from tests.fakes import FaultySandbox
-from tests.helpers import cli, deploy, make_tenant, use_sandbox_provider, wait_for, wait_for_step
+from tests.helpers import (
+    build_processes,
+    cli,
+    deploy,
+    make_tenant,
+    sleeping_build,
+    use_sandbox_provider,
+    wait_for,
+    wait_for_step,
+)
 
 pytestmark = pytest.mark.stack
 
@@ -166,43 +176,29 @@ def test_dlq_show_and_purge(client, worker, runtime, faulty):
     assert nothing.stdout == ""
 
 
-def _pid_from_logs(client, tenant, deployment_id: str, timeout: float = 60) -> int:
+def _wait_started(client, tenant, deployment_id: str, marker: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         body = client.get(f"/deploy-status?id={deployment_id}", headers=tenant.headers).get_json()
-        for line in body["logs"]:
-            if line.startswith("build pid "):
-                return int(line.split()[-1])
+        if "build started" in body["logs"] and build_processes(marker):
+            return
         time.sleep(0.05)
-    raise AssertionError(f"the build of {deployment_id} never printed its pid")
-
-
-def _process_gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state in ("Z", "X")
-
-
-SLEEPING_BUILD = {
-    "package.json": json.dumps({"scripts": {"build": "node build.js"}}),
-    "build.js": "console.log('build pid ' + process.pid); setTimeout(() => {}, 120000);",
-}
+    raise AssertionError(f"the build of {deployment_id} never started")
 
 
 def test_cancel_stops_a_running_build_within_seconds(client, worker, runtime, tenant):
-    deployment_id = deploy(client, tenant, SLEEPING_BUILD)
-    pid = _pid_from_logs(client, tenant, deployment_id)
+    marker = f"cancel-{uuid.uuid4().hex}"
+    deployment_id = deploy(client, tenant, sleeping_build(120, marker))
+    _wait_started(client, tenant, deployment_id, marker)
 
     response = client.post(f"/deployments/{deployment_id}/cancel", headers=tenant.headers)
 
     assert response.status_code == 202
     assert response.get_json()["status"] == "cancelled"
     deadline = time.monotonic() + 5
-    while not _process_gone(pid) and time.monotonic() < deadline:
+    while build_processes(marker) and time.monotonic() < deadline:
         time.sleep(0.1)
-    assert _process_gone(pid), f"build process {pid} still runs 5 s after the cancel"
+    assert not build_processes(marker), "the build still runs 5 s after the cancel"
     status = wait_for_step(client, tenant, deployment_id, "cleanup", "completed")
     assert status["status"] == "cancelled"
     assert status["steps"]["build"]["status"] == "failed"
@@ -267,18 +263,19 @@ def test_a_redelivered_chain_of_a_completed_deployment_changes_nothing(client, w
 def test_a_duplicate_message_for_a_running_step_is_dropped(client, worker, runtime, tenant):
     from tasks.pipeline import start_deployment as publish
 
-    deployment_id = deploy(client, tenant, SLEEPING_BUILD)
-    pid = _pid_from_logs(client, tenant, deployment_id)
+    marker = f"duplicate-{uuid.uuid4().hex}"
+    deployment_id = deploy(client, tenant, sleeping_build(120, marker))
+    _wait_started(client, tenant, deployment_id, marker)
 
     publish(deployment_id, "build")  # a copy of the build message while the build runs
     time.sleep(2)
 
     running = client.get(f"/deploy-status?id={deployment_id}", headers=tenant.headers).get_json()
     assert running["steps"]["build"] == running["steps"]["build"] | {"status": "in_progress", "attempts": 1}
-    assert sum(line.startswith("build pid ") for line in running["logs"]) == 1
+    assert running["logs"].count("build started") == 1  # one build, not two
     client.post(f"/deployments/{deployment_id}/cancel", headers=tenant.headers)
     wait_for_step(client, tenant, deployment_id, "cleanup", "completed")
-    assert _process_gone(pid)
+    assert not build_processes(marker)
 
 
 @pytest.mark.skipif(

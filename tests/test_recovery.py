@@ -6,8 +6,7 @@ against a redis-server of its own, so that killing and wiping things touches no 
 
 from __future__ import annotations
 
-import json
-from pathlib import Path
+import uuid
 from typing import Any
 
 import pytest
@@ -15,26 +14,12 @@ import requests
 
 from libra_deploy.db import transaction
 from libra_deploy.models import DeadLetter, Deployment
-from tests.helpers import Tenant, make_tenant, new_project, text_files
+from tests.helpers import Tenant, build_processes, make_tenant, new_project, sleeping_build, text_files
 from tests.service import Service, running_service, wait_until
 
 pytestmark = pytest.mark.slow
 
 SITE = {"index.html": "<h1>survivor</h1>"}
-
-
-def slow_build(seconds: float, *, announce: bool = True) -> dict[str, str]:
-    """A package.json project whose build prints its pid, sleeps, then writes dist/index.html."""
-    write = (
-        "fs.mkdirSync('dist', {recursive: true}); "
-        f"fs.writeFileSync('dist/index.html', 'built after {seconds} s');"
-    )
-    script = (
-        "const fs = require('fs');"
-        + ("console.log('build pid ' + process.pid);" if announce else "")
-        + f"setTimeout(() => {{ {write} }}, {int(seconds * 1000)});"
-    )
-    return {"package.json": json.dumps({"scripts": {"build": "node build.js"}}), "build.js": script}
 
 
 def post(service: Service, tenant: Tenant, files: dict[str, str], project_id: str | None = None) -> str:
@@ -66,22 +51,14 @@ def wait_finished(
     return wait_until(finished, timeout, f"deployment {deployment_id} to finish", interval=0.2)
 
 
-def build_pid(service: Service, tenant: Tenant, deployment_id: str) -> int:
-    def pid() -> int | None:
-        lines = [
-            line for line in status(service, tenant, deployment_id)["logs"] if line.startswith("build pid ")
-        ]
-        return int(lines[-1].split()[-1]) if lines else None
-
-    return wait_until(pid, 60, f"the build of {deployment_id} to start", interval=0.2)
-
-
-def process_gone(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except FileNotFoundError:
-        return True
-    return state in ("Z", "X")
+def builds_started(service: Service, tenant: Tenant, deployment_id: str, count: int = 1) -> None:
+    """Wait until the deployment's build has started ``count`` times."""
+    wait_until(
+        lambda: status(service, tenant, deployment_id)["logs"].count("build started") >= count,
+        60,
+        f"build {count} of {deployment_id} to start",
+        interval=0.2,
+    )
 
 
 def test_a_worker_killed_mid_build_is_replaced_and_the_deployment_completes_once():
@@ -90,8 +67,9 @@ def test_a_worker_killed_mid_build_is_replaced_and_the_deployment_completes_once
         service.start_web()
         service.start_beat()
         service.start_worker("first")
-        deployment_id = post(service, tenant, slow_build(3))
-        orphan = build_pid(service, tenant, deployment_id)
+        marker = f"orphan-{uuid.uuid4().hex}"
+        deployment_id = post(service, tenant, sleeping_build(3, marker))
+        builds_started(service, tenant, deployment_id)
 
         service.kill("first")
         service.start_worker("second")
@@ -99,9 +77,10 @@ def test_a_worker_killed_mid_build_is_replaced_and_the_deployment_completes_once
 
         assert body["status"] == "completed", body
         assert body["steps"]["build"]["attempts"] == 2
+        assert body["logs"].count("build started") == 2
         assert body["steps"]["deploy"]["attempts"] == 1  # published once
         assert body["steps"]["cleanup"]["attempts"] == 1
-        assert process_gone(orphan), "the dead worker's build was left running"
+        assert not build_processes(marker), "the dead worker's build was left running"
         site = requests.get(body["url"], timeout=30)
         assert site.text == "built after 3 s"
 
@@ -149,7 +128,7 @@ def test_a_burst_of_thirty_never_holds_more_sandboxes_than_the_cap():
         service.start_worker("one")
         service.start_worker("two")  # 10 task slots for a cap of 5 sandboxes
 
-        started = [(t, post(service, t, slow_build(1, announce=False), p)) for t, p in projects]
+        started = [(t, post(service, t, sleeping_build(1, "burst"), p)) for t, p in projects]
 
         for tenant, deployment_id in started:
             assert wait_finished(service, tenant, deployment_id, timeout=240)["status"] == "completed"
@@ -175,15 +154,16 @@ def test_a_deployment_past_its_deadline_fails_with_deployment_timeout_and_its_bu
         service.start_web()
         service.start_beat()
         service.start_worker("worker")
-        deployment_id = post(service, tenant, slow_build(60))
-        pid = build_pid(service, tenant, deployment_id)
+        marker = f"deadline-{uuid.uuid4().hex}"
+        deployment_id = post(service, tenant, sleeping_build(60, marker))
+        builds_started(service, tenant, deployment_id)
 
         body = wait_finished(service, tenant, deployment_id)
 
         assert body["status"] == "failed"
         assert body["errorCode"] == "DEPLOYMENT_TIMEOUT"
         assert body["steps"]["build"]["status"] == "failed"
-        wait_until(lambda: process_gone(pid), 5, f"build process {pid} to stop")
+        wait_until(lambda: not build_processes(marker), 5, "the build to stop")
 
 
 def test_a_step_whose_worker_dies_on_every_attempt_is_dead_lettered():
@@ -191,16 +171,10 @@ def test_a_step_whose_worker_dies_on_every_attempt_is_dead_lettered():
         tenant = make_tenant(service.runtime)
         service.start_web()
         service.start_beat()
-        deployment_id = post(service, tenant, slow_build(30))
-        seen: set[int] = set()
+        deployment_id = post(service, tenant, sleeping_build(30, "doomed"))
         for attempt in range(3):
             service.start_worker(f"doomed-{attempt}")
-            pid = wait_until(
-                lambda: (p := build_pid(service, tenant, deployment_id)) not in seen and p,
-                60,
-                f"build attempt {attempt + 1}",
-            )
-            seen.add(pid)
+            builds_started(service, tenant, deployment_id, count=attempt + 1)
             service.kill(f"doomed-{attempt}")
         service.start_worker("survivor")  # runs the cleanup once the reaper gives up
 

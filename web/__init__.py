@@ -7,9 +7,10 @@ from flask import Flask
 
 from libra_deploy import __version__
 from libra_deploy.config import Settings
+from libra_deploy.redact import install_log_redaction
 from libra_deploy.runtime import Runtime
-from web import auth, context, errors
-from web.api import deploy, deployments, files, projects, releases, service, sites, templates
+from web import auth, context, cors, errors, limits
+from web.api import deploy, deployments, files, orgs, projects, releases, service, sites, templates
 from web.schemas import ErrorSchema
 
 
@@ -21,7 +22,12 @@ class Api(flask_smorest.Api):
 def create_app(runtime: Runtime | None = None) -> Flask:
     """Build the app on ``runtime``, or on one made from the environment's settings."""
     runtime = runtime or Runtime.from_settings(Settings.from_env())
-    app = Flask(__name__)
+    # First: nothing logged from here on may show a secret of the service.
+    install_log_redaction(runtime.settings.secret_values())
+    if runtime.settings.sandbox_provider == "local":
+        # Says at start-up, in the log, when builds cannot be isolated with bubblewrap here.
+        runtime.sandbox()
+    app = Flask(__name__, static_folder=None)
     app.config.update(
         MAX_CONTENT_LENGTH=runtime.settings.max_request_bytes,
         JSON_SORT_KEYS=False,
@@ -34,18 +40,24 @@ def create_app(runtime: Runtime | None = None) -> Flask:
             "info": {"description": "Deploy projects through a queue of six steps."},
             "servers": [{"url": runtime.settings.public_url}],
             "components": {
-                "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+                "securitySchemes": {
+                    "bearerAuth": {"type": "http", "scheme": "bearer"},
+                    "sessionCookie": {"type": "apiKey", "in": "cookie", "name": auth.SESSION_COOKIE},
+                },
             },
-            "security": [{"bearerAuth": []}],
+            "security": [{"bearerAuth": []}, {"sessionCookie": []}],
         },
     )
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["libra_deploy"] = runtime
     app.teardown_appcontext(context.close_db)
     sites.init_app(app)
+    cors.init_app(app, runtime.settings)
     auth.init_app(app)
+    # After authentication: the limits count per credential and organisation.
+    limits.init_app(app, runtime.settings)
     api = Api(app)
-    for module in (service, deploy, deployments, projects, releases, files, templates, sites):
+    for module in (service, deploy, deployments, projects, releases, files, orgs, templates, sites):
         api.register_blueprint(module.blp)
     # After flask-smorest's own handler, so that ours answer every error.
     errors.register(app)

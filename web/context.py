@@ -25,6 +25,11 @@ def principal() -> Principal:
     return g.principal
 
 
+def maybe_principal() -> Principal | None:
+    """The caller, or None on a public endpoint called without credentials."""
+    return g.get("principal")
+
+
 def close_db(_exc: BaseException | None = None) -> None:
     session = g.pop("db", None)
     if session is not None:

@@ -12,6 +12,7 @@ import logging
 from typing import Any
 
 from flask import Flask, Response, jsonify, request
+from flask_limiter.errors import RateLimitExceeded
 from werkzeug.exceptions import HTTPException, RequestEntityTooLarge
 
 from libra_deploy.db import utcnow
@@ -26,6 +27,7 @@ from libra_deploy.errors import (
     TooManyRequests,
     Unauthorized,
 )
+from web.limits import retry_after
 
 logger = logging.getLogger(__name__)
 
@@ -87,6 +89,16 @@ def handle_libra_error(error: LibraError) -> Response:
     return _respond(status, error_body(error.code, error.message, error.details), headers)
 
 
+def handle_rate_limit(error: RateLimitExceeded) -> Response:
+    seconds = retry_after()
+    body = error_body(
+        "RATE_LIMITED",
+        str(error.description),
+        {"rate": str(error.limit.limit), "retryAfter": seconds},
+    )
+    return _respond(429, body, {"Retry-After": str(seconds)})
+
+
 def handle_http_exception(error: HTTPException) -> Response:
     status = error.code or 500
     data = getattr(error, "data", None) or {}
@@ -130,5 +142,6 @@ def handle_unexpected(error: Exception) -> Response:
 
 def register(app: Flask) -> None:
     app.register_error_handler(LibraError, handle_libra_error)
+    app.register_error_handler(RateLimitExceeded, handle_rate_limit)
     app.register_error_handler(HTTPException, handle_http_exception)
     app.register_error_handler(Exception, handle_unexpected)

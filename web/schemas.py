@@ -231,6 +231,17 @@ class TemplateListSchema(ma.Schema):
     templates = fields.List(fields.Nested(TemplateSchema))
 
 
+class QuotaSchema(ma.Schema):
+    orgId = fields.String(attribute="org_id")
+    limit = fields.Integer(metadata={"description": "Deployments allowed in the period", "example": 1000})
+    used = fields.Integer(metadata={"description": "Deployments that completed in the period"})
+    reserved = fields.Integer(metadata={"description": "Deployments queued or running (reserved units)"})
+    remaining = fields.Integer()
+    period = fields.String(metadata={"description": "The calendar month (UTC)", "example": "2026-11"})
+    periodStart = fields.DateTime(attribute="period_start")
+    periodEnd = fields.DateTime(attribute="period_end", metadata={"description": "When the quota resets"})
+
+
 class HealthSchema(ma.Schema):
     status = fields.String(validate=validate.OneOf(["healthy", "unhealthy"]))
     timestamp = fields.String()

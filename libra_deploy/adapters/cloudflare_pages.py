@@ -48,7 +48,7 @@ from libra_deploy import registry, sites
 from libra_deploy.config import Settings
 from libra_deploy.errors import ProviderError, provider_error
 from libra_deploy.ports import DomainStatus, Manifest, ObjectNotFound, ObjectStore, PublishResult, SiteFile
-from libra_deploy.redact import register_secret
+from libra_deploy.redact import register_secrets
 
 PROVIDER = "Cloudflare Pages"
 #: Our project and deployment ids (anything else in a /sites/ URL names nothing).
@@ -122,7 +122,7 @@ class CloudflareApi:
         self.base_url = base_url.rstrip("/")
         self.account_id = account_id
         self._token = api_token
-        register_secret(api_token)
+        register_secrets([api_token])
         self._attempts = attempts
         self._backoff_s = backoff_s
         self._timeout_s = timeout_s

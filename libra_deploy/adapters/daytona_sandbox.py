@@ -189,6 +189,7 @@ class DaytonaSandboxProvider:
         timeout_s: float,
         on_output: LineSink,
         cwd: str = "",
+        network: bool = False,
     ) -> int:
         sandbox = self._sandbox(sandbox_id)
         workdir = f"{self._root(sandbox_id)}/{cwd}".rstrip("/")

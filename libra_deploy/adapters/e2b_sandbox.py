@@ -41,7 +41,7 @@ from e2b import (
 from libra_deploy.config import Settings
 from libra_deploy.errors import DeploymentTimeout, ProviderError, provider_error
 from libra_deploy.ports import LineSink, SandboxSpec
-from libra_deploy.redact import register_secret
+from libra_deploy.redact import register_secrets
 from libra_deploy.sandbox_io import LineSplitter, untar
 
 PROVIDER = "E2B"
@@ -93,7 +93,7 @@ class E2BSandboxProvider:
         template: str = "base",
         sandbox_class: Any = Sandbox,
     ) -> None:
-        register_secret(api_key)
+        register_secrets([api_key])
         self._opts: dict[str, Any] = {"api_key": api_key, "request_timeout": REQUEST_TIMEOUT_S}
         if domain:
             self._opts["domain"] = domain
@@ -181,6 +181,7 @@ class E2BSandboxProvider:
         timeout_s: float,
         on_output: LineSink,
         cwd: str = "",
+        network: bool = False,
     ) -> int:
         sandbox = self._sandbox(sandbox_id)
         lines = LineSplitter(on_output)

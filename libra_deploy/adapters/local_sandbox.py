@@ -1,45 +1,229 @@
 """SandboxProvider on this machine: a fresh directory per deployment and a subprocess per command.
 
-Each command runs in its own process group with a scrubbed environment (no variable of the service
-reaches it) and is killed, group and all, at its deadline or when the sandbox is destroyed, which
-is how a cancel reaches a build that is running in another thread.
+Every command runs
 
-The process groups are also written into the sandbox directory: when a worker dies in the middle of
-a build, its build lives on as an orphan, and the worker that takes the step over (or the cleanup)
-finds it there and kills it before doing anything else in that sandbox.
+* with a minimal environment: no variable of the service reaches it (only PATH, the locale and the
+  time zone, and the sandbox's own HOME and TMPDIR);
+* in its own process group, killed group and all at its deadline or when the sandbox is destroyed
+  (which is how a cancel reaches a build running in another thread);
+* under resource limits set with ``prlimit`` (util-linux): CPU seconds, address space, file size,
+  number of processes, no core dumps. ``prlimit`` rather than ``preexec_fn``: the worker runs
+  threads, and code between fork and exec is unsafe there;
+* inside bubblewrap (``bwrap``) when it works on this machine: the sandbox directory, mounted at
+  ``/sandbox``, is the only writable place; the system is mounted read-only and only the parts a
+  toolchain needs (``/usr``, a few files of ``/etc``); the service's data, its code and the other
+  deployments are not mounted at all; new PID, IPC, UTS and network namespaces, the network being
+  shared only for commands that install dependencies. When the service runs as root, the command
+  runs as an unprivileged user (SANDBOX_UID) inside the sandbox, so the process limit holds too.
+
+Without bubblewrap (not installed, user namespaces disabled, or SANDBOX_ISOLATION=none) builds still
+get the limits and the minimal environment, and the provider says so in the log at start-up and in
+:attr:`LocalSandboxProvider.isolation` (shown by /health).
+
+The process groups of running commands are also recorded beside the sandbox: when a worker dies in
+the middle of a build, its build lives on as an orphan, and the worker that takes the step over (or
+the cleanup) finds it there and kills it before doing anything else in that sandbox.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import shutil
 import signal
 import subprocess
+import tempfile
 import threading
 from collections.abc import Iterable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 from libra_deploy.config import Settings
-from libra_deploy.errors import DeploymentTimeout, ProviderError
+from libra_deploy.errors import ConfigError, DeploymentTimeout, ProviderError
 from libra_deploy.ports import LineSink, SandboxSpec
+from libra_deploy.redact import contains_secret
+
+logger = logging.getLogger(__name__)
 
 #: What a build may see of the service's environment: enough to find its toolchain, nothing else.
 _INHERITED = ("PATH", "LANG", "LC_ALL", "TZ")
+#: Where the sandbox directory appears inside bubblewrap.
+SANDBOX_ROOT = "/sandbox"
+#: The sandbox's own tmp directory is mounted over /tmp: tools that ignore TMPDIR stay inside too.
+SANDBOX_TMP = "/tmp"  # noqa: S108 - a path inside the sandbox's mount namespace, not the host's
+#: System directories a toolchain needs, mounted read-only (or recreated as the symlinks they are).
+_SYSTEM_DIRS = ("/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32")
+#: The files of /etc a build needs: name resolution, certificates, users, time zone, the loader.
+_ETC_ENTRIES = (
+    "alternatives",
+    "ca-certificates",
+    "ca-certificates.conf",
+    "gai.conf",
+    "group",
+    "host.conf",
+    "hosts",
+    "ld.so.cache",
+    "ld.so.conf",
+    "ld.so.conf.d",
+    "localtime",
+    "mime.types",
+    "nsswitch.conf",
+    "os-release",
+    "passwd",
+    "resolv.conf",
+    "ssl",
+    "timezone",
+)
+PROBE_TIMEOUT_S = 20
+
+
+@dataclass(frozen=True)
+class ResourceLimits:
+    cpu_seconds: int
+    memory_bytes: int
+    file_bytes: int
+    max_processes: int
+
+    def prlimit_args(self) -> list[str]:
+        return [
+            f"--cpu={self.cpu_seconds}",
+            f"--as={self.memory_bytes}",
+            f"--fsize={self.file_bytes}",
+            f"--nproc={self.max_processes}",
+            "--core=0",
+        ]
 
 
 class LocalSandboxProvider:
     name = "local"
 
-    def __init__(self, root: Path) -> None:
+    def __init__(
+        self,
+        root: Path,
+        *,
+        limits: ResourceLimits,
+        isolation: str = "auto",
+        sandbox_uid: int = 65534,
+    ) -> None:
         self.root = root
         self.root.mkdir(parents=True, exist_ok=True)
+        self.limits = limits
         self._lock = threading.Lock()
         self._running: dict[str, set[subprocess.Popen[bytes]]] = {}
+        prlimit = shutil.which("prlimit")
+        if prlimit is None:
+            raise ConfigError("SANDBOX_BUILDER_DEFAULT_PROVIDER", "local needs prlimit (util-linux)", "local")
+        self._prlimit = prlimit
+        self._bwrap = shutil.which("bwrap")
+        # Root builds drop to an unprivileged user inside bubblewrap: the kernel does not count
+        # root's processes against a process limit, and a build has no business being root.
+        self._uid = sandbox_uid if os.geteuid() == 0 else None
+        self._setpriv = shutil.which("setpriv") if self._uid is not None else None
+        #: "bubblewrap" or "none": how builds are isolated here, as /health reports it. "none" while
+        #: the trial sandbox of the probe runs (it needs no ownership change).
+        self.isolation = "none"
+        self.isolation = self._choose_isolation(isolation)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> LocalSandboxProvider:
-        return cls(settings.data_dir / "sandboxes")
+        return cls(
+            settings.data_dir / "sandboxes",
+            limits=ResourceLimits(
+                cpu_seconds=settings.sandbox_cpu_seconds,
+                memory_bytes=settings.sandbox_memory_bytes,
+                file_bytes=settings.sandbox_file_bytes,
+                max_processes=settings.sandbox_max_processes,
+            ),
+            isolation=settings.sandbox_isolation,
+            sandbox_uid=settings.sandbox_uid,
+        )
+
+    # Isolation ----------------------------------------------------------------------------------
+
+    def _choose_isolation(self, wanted: str) -> str:
+        if wanted == "none":
+            logger.warning(
+                "SANDBOX_ISOLATION=none: builds run without bubblewrap (no filesystem or network "
+                "isolation), with resource limits and a minimal environment only"
+            )
+            return "none"
+        problem = self._probe_bubblewrap()
+        if problem is None:
+            return "bubblewrap"
+        if wanted == "bubblewrap":
+            raise ConfigError("SANDBOX_ISOLATION", f"is bubblewrap, but {problem}", wanted)
+        logger.warning(
+            "bubblewrap is not available (%s): builds run without filesystem or network isolation, "
+            "with resource limits and a minimal environment only; install the bubblewrap package",
+            problem,
+        )
+        return "none"
+
+    def _probe_bubblewrap(self) -> str | None:
+        """Why bubblewrap cannot isolate builds here, or None when a trial sandbox works."""
+        if self._bwrap is None:
+            return "bwrap is not installed"
+        if self._uid is not None and self._setpriv is None:
+            return "setpriv (util-linux) is missing"
+        base = Path(tempfile.mkdtemp(prefix=".probe-", dir=self.root))
+        try:
+            self._make_dirs(base)
+            argv = self._bubblewrap_argv(base, "", network=False, command=["true"])
+            result = subprocess.run(argv, capture_output=True, timeout=PROBE_TIMEOUT_S, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            return f"bwrap could not start ({exc})"
+        finally:
+            shutil.rmtree(base, ignore_errors=True)
+        if result.returncode != 0:
+            return "bwrap failed: " + result.stderr.decode("utf-8", "replace").strip()[:300]
+        return None
+
+    def _bubblewrap_argv(self, base: Path, cwd: str, *, network: bool, command: Sequence[str]) -> list[str]:
+        assert self._bwrap is not None
+        argv = [self._bwrap, "--die-with-parent"]
+        if self._uid is None:
+            # Unprivileged: bubblewrap needs a user namespace for everything else.
+            argv.append("--unshare-all")
+        else:
+            # As root the mounts need no user namespace; one would map the sandbox user to root.
+            argv += [
+                "--unshare-ipc",
+                "--unshare-pid",
+                "--unshare-uts",
+                "--unshare-cgroup-try",
+                "--unshare-net",
+            ]
+        if network:
+            argv.append("--share-net")
+        argv += ["--hostname", "sandbox"]
+        for directory in _SYSTEM_DIRS:
+            path = Path(directory)
+            if path.is_symlink():
+                argv += ["--symlink", os.readlink(path), directory]
+            elif path.is_dir():
+                argv += ["--ro-bind", directory, directory]
+        # Directories bubblewrap makes on its own are private to root: /etc must be readable.
+        argv += ["--perms", "0755", "--dir", "/etc"]
+        for entry in _ETC_ENTRIES:
+            argv += ["--ro-bind-try", f"/etc/{entry}", f"/etc/{entry}"]
+        argv += ["--proc", "/proc", "--dev", "/dev"]
+        argv += ["--bind", str(base), SANDBOX_ROOT, "--bind", str(base / "tmp"), SANDBOX_TMP]
+        argv += ["--chdir", f"{SANDBOX_ROOT}/project/{cwd}".rstrip("/"), "--"]
+        if self._uid is not None:
+            assert self._setpriv is not None
+            argv += [
+                self._setpriv,
+                f"--reuid={self._uid}",
+                f"--regid={self._uid}",
+                "--clear-groups",
+                "--bounding-set=-all",
+                "--no-new-privs",
+                "--",
+            ]
+        return [*argv, self._prlimit, *self.limits.prlimit_args(), "--", *command]
+
+    # The sandbox ----------------------------------------------------------------------------------
 
     def _dir(self, sandbox_id: str) -> Path:
         if not sandbox_id.startswith("lsb_") or "/" in sandbox_id or ".." in sandbox_id:
@@ -49,15 +233,32 @@ class LocalSandboxProvider:
     def project_dir(self, sandbox_id: str) -> Path:
         return self._dir(sandbox_id) / "project"
 
+    def _groups(self, sandbox_id: str) -> Path:
+        """Where the process groups running in a sandbox are recorded: beside it, out of the build's reach."""
+        return self.root / ".groups" / sandbox_id
+
+    def _make_dirs(self, base: Path) -> None:
+        for sub in ("project", "home", "tmp"):
+            (base / sub).mkdir(parents=True, exist_ok=True)
+        self._give_to_sandbox_user(base)
+
+    def _give_to_sandbox_user(self, top: Path) -> None:
+        """Make everything under ``top`` belong to the sandbox user, who must write there."""
+        if self._uid is None or self.isolation != "bubblewrap":
+            return
+        os.lchown(top, self._uid, self._uid)
+        for dirpath, dirnames, filenames in os.walk(top):
+            for name in (*dirnames, *filenames):
+                os.lchown(os.path.join(dirpath, name), self._uid, self._uid)
+
     def create(self, spec: SandboxSpec) -> str:
         # One sandbox per deployment, named after it: a redelivered sandbox step finds its own.
         sandbox_id = f"lsb_{spec.deployment_id}"
         base = self._dir(sandbox_id)
         if base.exists():
-            _kill_orphans(base)
+            _kill_orphans(self._groups(sandbox_id), base)
             shutil.rmtree(base)
-        for sub in ("project", "home", "tmp", "groups"):
-            (base / sub).mkdir(parents=True)
+        self._make_dirs(base)
         return sandbox_id
 
     def exists(self, sandbox_id: str) -> bool:
@@ -71,6 +272,21 @@ class LocalSandboxProvider:
             target = root / rel
             target.parent.mkdir(parents=True, exist_ok=True)
             target.write_bytes(data)
+        self._give_to_sandbox_user(root)
+
+    def _environment(self, base: Path, env: Mapping[str, str]) -> dict[str, str]:
+        child = {k: os.environ[k] for k in _INHERITED if k in os.environ}
+        if self.isolation == "bubblewrap":
+            # Only the system's own directories exist inside the sandbox.
+            path = [p for p in child.get("PATH", "").split(":") if p.startswith(("/usr/", "/bin", "/sbin"))]
+            child["PATH"] = ":".join(path) or "/usr/local/bin:/usr/bin:/bin"
+            child.update({"HOME": f"{SANDBOX_ROOT}/home", "TMPDIR": SANDBOX_TMP})
+        else:
+            child.update({"HOME": str(base / "home"), "TMPDIR": str(base / "tmp")})
+        child["CI"] = "1"
+        child.update(env)
+        # Whatever the caller passed, a value holding one of the service's secrets stays outside.
+        return {k: v for k, v in child.items() if not contains_secret(v)}
 
     def run(
         self,
@@ -81,31 +297,34 @@ class LocalSandboxProvider:
         timeout_s: float,
         on_output: LineSink,
         cwd: str = "",
+        network: bool = False,
     ) -> int:
         base = self._dir(sandbox_id)
         workdir = base / "project" / cwd
         if not workdir.is_dir():
             raise ProviderError(f"sandbox {sandbox_id} has no directory {cwd or '.'!r}", retryable=True)
-        child_env = {k: os.environ[k] for k in _INHERITED if k in os.environ}
-        child_env.update({"HOME": str(base / "home"), "TMPDIR": str(base / "tmp"), "CI": "1"})
-        child_env.update(env)
         # Whatever a dead worker left running here would race this command: stop it first.
-        _kill_orphans(base)
+        _kill_orphans(self._groups(sandbox_id), base)
+        if self.isolation == "bubblewrap":
+            argv = self._bubblewrap_argv(base, cwd, network=network, command=command)
+        else:
+            argv = [self._prlimit, *self.limits.prlimit_args(), "--", *command]
         try:
             proc = subprocess.Popen(
-                list(command),
+                argv,
                 cwd=workdir,
-                env=child_env,
+                env=self._environment(base, env),
                 stdin=subprocess.DEVNULL,
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
             )
         except FileNotFoundError:
-            raise ProviderError(f"command not found in the sandbox: {command[0]}") from None
+            raise ProviderError(f"command not found in the sandbox: {argv[0]}") from None
         with self._lock:
             self._running.setdefault(sandbox_id, set()).add(proc)
-        group_file = base / "groups" / str(proc.pid)
+        group_file = self._groups(sandbox_id) / str(proc.pid)
+        group_file.parent.mkdir(parents=True, exist_ok=True)
         group_file.touch()
         reader = threading.Thread(target=_pump_lines, args=(proc, on_output), daemon=True)
         reader.start()
@@ -146,9 +365,9 @@ class LocalSandboxProvider:
         for proc in procs:
             _kill_group(proc)
         base = self._dir(sandbox_id)
-        if base.exists():
-            _kill_orphans(base)
+        _kill_orphans(self._groups(sandbox_id), base)
         shutil.rmtree(base, ignore_errors=True)
+        shutil.rmtree(self._groups(sandbox_id), ignore_errors=True)
 
 
 def _pump_lines(proc: subprocess.Popen[bytes], on_output: LineSink) -> None:
@@ -163,13 +382,12 @@ def _kill_group(proc: subprocess.Popen[bytes]) -> None:
         os.killpg(proc.pid, signal.SIGKILL)
 
 
-def _kill_orphans(base: Path) -> None:
-    """Kill the process groups recorded in the sandbox whose processes still work inside it.
+def _kill_orphans(groups_dir: Path, base: Path) -> None:
+    """Kill the recorded process groups whose processes still work inside the sandbox ``base``.
 
     A recorded group id may have been reused by an unrelated process since; only processes of that
     group whose working directory lies in this sandbox are killed.
     """
-    groups_dir = base / "groups"
     recorded = (
         {int(p.name) for p in groups_dir.iterdir() if p.name.isdigit()} if groups_dir.is_dir() else set()
     )

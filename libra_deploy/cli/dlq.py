@@ -138,7 +138,7 @@ def _replay_one(runtime: Runtime, envelope: dict[str, Any], *, from_start: bool)
 
     with transaction(runtime.sessions) as session:
         letter = dead_letters.ingest(session, {k: v for k, v in envelope.items() if k != "deadLetteredAt"})
-        plan = dead_letters.prepare_replay(session, letter, from_start=from_start)
+        plan = dead_letters.prepare_replay(session, runtime.settings, letter, from_start=from_start)
     try:
         start_deployment(plan.deployment_id, plan.start)
     except Exception as exc:

@@ -1,18 +1,19 @@
-"""Operator commands: create organisations, users, tokens and projects.
+"""Operator commands: organisations, users, tokens, sessions, projects and quotas.
 
-Each prints the one thing it creates on stdout (so ``ORG=$(libra-deploy orgs create acme)`` works)
-and explains itself on stderr.
+Each prints the one thing it creates on stdout (so ``ORG=$(libra-deploy orgs create acme)`` works),
+nothing when it creates nothing, and explains itself on stderr.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
 from contextlib import contextmanager
+from datetime import timedelta
 
 import click
 from sqlalchemy.orm import Session
 
-from libra_deploy import accounts, auth, migrate
+from libra_deploy import accounts, auth, migrate, quota
 from libra_deploy.config import Settings
 from libra_deploy.db import make_engine, make_sessionmaker, transaction
 from libra_deploy.registry import SANDBOX_PROVIDERS
@@ -80,6 +81,62 @@ def create_token(org_id: str, user_id: str, name: str) -> None:
     click.echo(token)
 
 
+@tokens.command("revoke")
+@click.argument("token")
+def revoke_token(token: str) -> None:
+    """Revoke an API token, given by its id (tok_...) or by the token itself; print nothing."""
+    with database() as session:
+        row = auth.revoke_token(session, token)
+    click.echo(f"revoked token {row.id}", err=True)
+
+
+@click.group()
+def sessions() -> None:
+    """Browser sessions (the session cookie)."""
+
+
+@sessions.command("create")
+@click.option("--org", "org_id", required=True, help="Organisation id")
+@click.option("--user", "user_id", required=True, help="User id")
+@click.option(
+    "--ttl",
+    type=click.IntRange(min=60),
+    default=None,
+    help="Lifetime in seconds (default: SESSION_TTL, 14 days)",
+)
+def create_session(org_id: str, user_id: str, ttl: int | None) -> None:
+    """Open a session for a user; print the value of its session cookie (shown only this once)."""
+    lifetime = timedelta(seconds=ttl if ttl is not None else Settings.from_env().session_ttl_s)
+    with database() as session:
+        row, value = auth.create_session(session, org_id=org_id, user_id=user_id, ttl=lifetime)
+    click.echo(
+        f"created session {row.id} for {user_id}, valid until {row.expires_at:%Y-%m-%d %H:%M} UTC", err=True
+    )
+    click.echo(value)
+
+
+@click.group("quota")
+def quota_group() -> None:
+    """Deploy quotas of organisations."""
+
+
+@quota_group.command("set")
+@click.argument("org_id", metavar="ORG")
+@click.argument("limit", metavar="LIMIT")
+def set_quota(org_id: str, limit: str) -> None:
+    """Set an organisation's deployments per calendar month (a number, or 'default'); print nothing."""
+    if limit == "default":
+        value = None
+    elif limit.isdigit():
+        value = int(limit)
+    else:
+        raise click.BadParameter("must be a number of deployments, or 'default'", param_hint="LIMIT")
+    with database() as session:
+        quota.set_limit(session, org_id, value)
+    shown = "the default (DEFAULT_DEPLOY_QUOTA)" if value is None else f"{value} deployments a month"
+    click.echo(f"quota of {org_id} is {shown}", err=True)
+
+
 @click.group()
 def projects() -> None:
     """Projects of an organisation."""
@@ -108,9 +165,10 @@ def create_project(
             template=template,
             custom_domain=custom_domain,
             sandbox_provider=sandbox_provider,
+            settings=Settings.from_env(),
         )
     click.echo(f"created project {project.name} in {org_id}", err=True)
     click.echo(project.id)
 
 
-COMMANDS = (orgs, users, tokens, projects)
+COMMANDS = (orgs, users, tokens, sessions, projects, quota_group)

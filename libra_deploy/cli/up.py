@@ -26,6 +26,7 @@ from libra_deploy.config import Settings
 from libra_deploy.db import transaction
 from libra_deploy.migrate import upgrade as upgrade_schema
 from libra_deploy.models import Organization, Project
+from libra_deploy.redact import install_log_redaction
 from libra_deploy.runtime import Runtime
 
 DEMO_ORG = "Demo"
@@ -68,6 +69,7 @@ def up() -> None:
     what the embedded broker lost with the process.
     """
     settings = Settings.from_env()
+    install_log_redaction(settings.secret_values())
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_schema(settings.database_url)
     runtime = Runtime.from_settings(settings)

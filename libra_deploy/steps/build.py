@@ -76,6 +76,7 @@ class _Build:
         title: str | None = None,
         quiet: bool = False,
         timeout_s: float | None = None,
+        network: bool = False,
     ) -> tuple[int, list[str]]:
         shown = " ".join(command)
         if title:
@@ -91,13 +92,18 @@ class _Build:
 
         budget = self.ctx.remaining_s() if timeout_s is None else min(timeout_s, self.ctx.remaining_s())
         code = self.provider.run(
-            self.sandbox_id, command, env=self.plan.env, timeout_s=budget, on_output=on_output
+            self.sandbox_id,
+            command,
+            env=self.plan.env,
+            timeout_s=budget,
+            on_output=on_output,
+            network=network,
         )
         self.log.append(f"[exit code {code}]")
         return code, output
 
-    def must(self, command: tuple[str, ...], title: str) -> None:
-        code, output = self.run(command, title=title)
+    def must(self, command: tuple[str, ...], title: str, *, network: bool = False) -> None:
+        code, output = self.run(command, title=title, network=network)
         if code != 0:
             tail = "\n".join(deque(output, maxlen=TAIL_LINES))
             raise BuildFailed(f"`{' '.join(command)}` exited with code {code}\n{tail}".rstrip())
@@ -171,7 +177,8 @@ def _install(ctx: StepContext, build: _Build, source: Manifest, node: str) -> No
         else:
             ctx.log(f"No dependency cache for this {pm.lockfile} yet")
     started = time.monotonic()
-    build.must(pm.install, "Installing dependencies")
+    # Installing is the only command that may reach the network (where the sandbox can cut it off).
+    build.must(pm.install, "Installing dependencies", network=True)
     ctx.log(f"Dependencies installed in {time.monotonic() - started:.1f} s")
     if key is not None:
         _save_cache(ctx, build, key)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from libra_deploy import slots
+from libra_deploy import quota, slots
 from libra_deploy.db import utcnow
 from libra_deploy.models import Deployment, DeploymentLog, DeploymentStatus, Project, ProjectStatus
 from libra_deploy.steps.runner import StepContext
@@ -43,6 +43,7 @@ def record(session: Session, deployment: Deployment, project: Project, result: N
     slots.release(deployment, now)
     if deployment.status == DeploymentStatus.IN_PROGRESS:
         deployment.status = DeploymentStatus.COMPLETED
+        quota.consume(session, deployment.id)
         deployment.current_step = None
         project.deployment_status = ProjectStatus.DEPLOYED
         elapsed = (now - (deployment.started_at or deployment.created_at)).total_seconds()

@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from libra_deploy import dead_letters, slots
+from libra_deploy import dead_letters, quota, slots
 from libra_deploy.db import transaction, utcnow
 from libra_deploy.errors import DeploymentTimeout, LibraError, StepError, WorkerLost
 from libra_deploy.models import (
@@ -334,6 +334,7 @@ def fail_deployment(session: Session, deployment: Deployment, step: str, error: 
     """Mark a running deployment failed at ``step``; the steps it will not reach are skipped."""
     message = redact_text(error.message)
     deployment.status = DeploymentStatus.FAILED
+    quota.release(session, deployment.id)
     deployment.error_code = error.code
     deployment.error_message = f"{step} failed: {message}"
     deployment.finished_at = utcnow()

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from sqlalchemy.orm import Session
 
-from libra_deploy import domains
+from libra_deploy import domains, quota
 from libra_deploy.errors import LibraError, StepError
 from libra_deploy.models import Deployment, Project
 from libra_deploy.steps.runner import StepContext
@@ -18,9 +18,17 @@ def execute(ctx: StepContext) -> None:
         raise StepError(f"project {project.id} does not belong to the organisation", code="PROJECT_NOT_FOUND")
     if not project.is_active:
         raise StepError(f"project {project.id} is not active", code="PROJECT_INACTIVE")
+    with ctx.runtime.sessions() as session:
+        reserved = quota.has_reservation(session, deployment.id)
+    if not reserved:
+        # POST /deploy reserves a unit before it queues anything; a deployment without one did not
+        # come through it and must not run uncharged.
+        raise StepError(
+            f"deployment {deployment.id} holds no reservation of the deploy quota", code="QUOTA_NOT_RESERVED"
+        )
     if deployment.custom_domain:
         try:
-            domain = domains.normalize(deployment.custom_domain)
+            domain = domains.normalize(deployment.custom_domain, ctx.runtime.settings)
             with ctx.runtime.sessions() as session:
                 domains.ensure_available(session, domain, project_id=project.id)
         except LibraError as exc:

@@ -9,11 +9,19 @@ from flask import url_for
 from flask.views import MethodView
 
 from libra_deploy.db import utcnow
-from libra_deploy.deployments import DeployRequest, get_deployment, start_deployment, status_body
+from libra_deploy.deployments import (
+    DeployRequest,
+    get_any_deployment,
+    get_deployment,
+    start_deployment,
+    status_body,
+)
+from libra_deploy.errors import NotFound
 from libra_deploy.recovery import mark_unpublished
 from tasks.pipeline import start_deployment as enqueue
 from web.api import Blueprint
-from web.context import db, principal, runtime
+from web.context import db, maybe_principal, principal, runtime
+from web.limits import deploy_rate_limit
 from web.schemas import (
     DeployAcceptedSchema,
     DeploymentStatusSchema,
@@ -36,6 +44,14 @@ class Deploy(MethodView):
     @blp.alt_response(404, schema=ErrorSchema, description="No such project in your organisation")
     @blp.alt_response(409, schema=ErrorSchema, description="The project has a deployment queued or running")
     @blp.alt_response(413, schema=ErrorSchema, description="An input limit was exceeded (named in details)")
+    @blp.alt_response(
+        429,
+        schema=ErrorSchema,
+        description="A rate limit (RATE_LIMITED), the organisation's cap on active deployments "
+        "(TOO_MANY_ACTIVE_DEPLOYMENTS) or its quota (DEPLOYMENT_QUOTA_EXCEEDED) is exhausted; "
+        "Retry-After says when to try again",
+        headers={"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}},
+    )
     def post(self, body: dict[str, Any]) -> dict[str, Any]:
         """Start a deployment
 
@@ -44,7 +60,14 @@ class Deploy(MethodView):
         rt = runtime()
         session = db()
         with session.begin():
-            deployment = start_deployment(session, rt.settings, rt.store, principal(), DeployRequest(**body))
+            deployment = start_deployment(
+                session,
+                rt.settings,
+                rt.store,
+                principal(),
+                DeployRequest(**body),
+                rate_limit=deploy_rate_limit(),
+            )
         try:
             enqueue(deployment.id)
         except Exception:
@@ -66,10 +89,25 @@ class Deploy(MethodView):
 class DeployStatus(MethodView):
     @blp.arguments(StatusQuerySchema, location="query")
     @blp.response(200, DeploymentStatusSchema)
+    @blp.alt_response(400, schema=ErrorSchema, description="The id is missing")
+    @blp.alt_response(401, schema=ErrorSchema, description="Missing or invalid credentials")
     @blp.alt_response(404, schema=ErrorSchema, description="No such deployment in your organisation")
     def get(self, query: dict[str, str]) -> dict[str, Any]:
-        """Follow a deployment: status, steps, progress, recent log lines and the site URL"""
+        """Follow a deployment: status, steps, progress, recent log lines and the site URL
+
+        With DEPLOY_STATUS_PUBLIC set, anyone holding the id may read it; callers outside its
+        organisation get its logs and errors redacted.
+        """
         session = db()
-        deployment = get_deployment(session, principal().org_id, query["id"])
         rt = runtime()
-        return status_body(session, rt.settings, deployment, rt.store)
+        caller = maybe_principal()
+        if caller is not None:
+            try:
+                return status_body(
+                    session, rt.settings, get_deployment(session, caller.org_id, query["id"]), rt.store
+                )
+            except NotFound:
+                if not rt.settings.deploy_status_public:
+                    raise
+        deployment = get_any_deployment(session, query["id"])
+        return status_body(session, rt.settings, deployment, public=True)

@@ -9,7 +9,7 @@ from flask.views import MethodView
 from libra_deploy import accounts
 from libra_deploy.models import Project
 from web.api import Blueprint
-from web.context import db, principal
+from web.context import db, principal, runtime
 from web.schemas import ErrorSchema, ProjectCreateSchema, ProjectSchema, ProjectUpdateSchema
 
 blp = Blueprint("projects", __name__, url_prefix="/projects", description="Projects of your organisation")
@@ -20,6 +20,7 @@ class Projects(MethodView):
     @blp.arguments(ProjectCreateSchema)
     @blp.response(201, ProjectSchema)
     @blp.alt_response(400, schema=ErrorSchema, description="The body is invalid")
+    @blp.alt_response(401, schema=ErrorSchema, description="Missing or invalid credentials")
     @blp.alt_response(409, schema=ErrorSchema, description="The custom domain belongs to another project")
     def post(self, body: dict[str, Any]) -> Project:
         """Create a project"""
@@ -33,12 +34,14 @@ class Projects(MethodView):
                 custom_domain=body.get("custom_domain"),
                 spa_fallback=body["spa_fallback"],
                 sandbox_provider=body.get("sandbox_provider"),
+                settings=runtime().settings,
             )
 
 
 @blp.route("/<project_id>")
 class ProjectById(MethodView):
     @blp.response(200, ProjectSchema)
+    @blp.alt_response(401, schema=ErrorSchema, description="Missing or invalid credentials")
     @blp.alt_response(404, schema=ErrorSchema, description="No such project in your organisation")
     def get(self, project_id: str) -> Project:
         """Get a project, with its live deployment and URL"""

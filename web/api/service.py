@@ -33,6 +33,7 @@ ENDPOINTS = [
     "POST /projects/<projectId>/files/check",
     "PUT /projects/<projectId>/files/<sha256>",
     "GET /templates",
+    "GET /orgs/<orgId>/quota",
     "GET /sites/<projectId>/<path>",
     "GET /sites/<projectId>@<deploymentId>/<path>",
     "GET /health",
@@ -48,6 +49,7 @@ def _now() -> str:
 @blp.route("/")
 class Index(MethodView):
     @blp.response(200, ServiceInfoSchema)
+    @blp.doc(security=[])
     def get(self) -> dict[str, Any]:
         """Service information and the list of endpoints"""
         return {
@@ -68,10 +70,14 @@ class Index(MethodView):
 class Health(MethodView):
     @blp.response(200, HealthSchema)
     @blp.alt_response(503, schema=HealthSchema, description="A dependency does not answer")
+    @blp.doc(security=[])
     def get(self) -> tuple[dict[str, Any], int]:
         """Health of the service and of its database and broker (503 when either is down)"""
         checks = {"database": _database_check(), "queue": "healthy" if broker_reachable() else "unhealthy"}
         healthy = all(v == "healthy" for v in checks.values())
+        # How builds are isolated ("bubblewrap", or "none" where it is missing): worth knowing, but
+        # the service works either way, so it does not make the service unhealthy.
+        checks["isolation"] = _isolation()
         body = {
             "status": "healthy" if healthy else "unhealthy",
             "timestamp": _now(),
@@ -81,6 +87,11 @@ class Health(MethodView):
             "checks": checks,
         }
         return body, 200 if healthy else 503
+
+
+def _isolation() -> str:
+    provider = runtime().sandbox()
+    return str(getattr(provider, "isolation", provider.name))
 
 
 def _database_check() -> str:
@@ -109,6 +120,9 @@ SCALAR_PAGE = """<!doctype html>
 
 @blp.route("/docs")
 class Docs(MethodView):
+    @blp.doc(
+        security=[], responses={"200": {"description": "The API reference", "content": {"text/html": {}}}}
+    )
     def get(self) -> Response:
         """The API reference (Scalar), reading /openapi.json"""
         return Response(SCALAR_PAGE, mimetype="text/html")

@@ -27,11 +27,30 @@ from werkzeug.wsgi import wrap_file
 
 from libra_deploy import accounts, domains, releases, sites
 from libra_deploy.errors import NotFound
+from libra_deploy.models import is_plausible_id
 from web.api import Blueprint
 from web.context import db, runtime
 from web.errors import error_body
 
 blp = Blueprint("sites", __name__, url_prefix="/sites", description="Deployed sites (public)")
+
+#: How the document describes a served file: public, any content type, the usual HTTP answers.
+SITE_RESPONSES = {
+    "security": [],
+    "responses": {
+        "200": {"description": "The file (any content type)", "content": {"*/*": {}}},
+        "304": {"description": "Not modified since the ETag the client holds"},
+        "308": {
+            "description": "Redirect to the canonical path",
+            "headers": {"Location": {"schema": {"type": "string"}}},
+        },
+        "404": {
+            "description": "No such site or file (the site's own 404 page when it has one)",
+            "content": {"*/*": {}},
+        },
+    },
+}
+
 
 #: How long a process trusts what it learnt from the database about serving (a custom domain's
 #: project, a deployment being servable): a domain attached elsewhere moves within this time.
@@ -89,6 +108,8 @@ def _live(project_id: str) -> str:
 def _site(site: str) -> tuple[str, str]:
     """``prj_x`` (the live deployment) or ``prj_x@dep_y`` (that deployment) -> (project, deployment)."""
     project_id, _, deployment_id = site.partition("@")
+    if not is_plausible_id(project_id) or (deployment_id and not is_plausible_id(deployment_id)):
+        raise NotFound(f"there is no site {site!r}", code="SITE_NOT_FOUND")
     if not deployment_id:
         return project_id, _live(project_id)
     key = (project_id, deployment_id)
@@ -108,14 +129,17 @@ def _site(site: str) -> tuple[str, str]:
 
 @blp.route("/<site>")
 class SiteRoot(MethodView):
+    @blp.doc(**SITE_RESPONSES)
     def get(self, site: str) -> Response:
         """Redirect to the site's root, with its trailing slash"""
+        _site(site)  # only an existing site is redirected (and nothing odd reaches the header)
         return redirect(f"{request.script_root}/sites/{site}/", code=308)
 
 
 @blp.route("/<site>/", defaults={"path": ""})
 @blp.route("/<site>/<path:path>")
 class SiteFile(MethodView):
+    @blp.doc(**SITE_RESPONSES)
     def get(self, site: str, path: str) -> Response:
         """A file of the project's live deployment (`prj_x`) or of one deployment (`prj_x@dep_y`)"""
         project_id, deployment_id = _site(site)

@@ -1,7 +1,7 @@
 """hosting: deployment pins and expiry, SPA fallback setting, owned blobs, gc candidates
 
-Revision ID: 0008
-Revises: 0003
+Revision ID: 0003
+Revises: 0002
 Create Date: 2026-11-28 17:25:40.280013
 """
 
@@ -10,8 +10,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0008"
-down_revision: str | None = "0003"
+revision: str = "0003"
+down_revision: str | None = "0002"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

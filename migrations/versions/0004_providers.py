@@ -1,9 +1,9 @@
 """providers: a deployment's URL at the target and its build artifact
 
-(A project's own sandbox provider, projects.sandbox_provider, came with 0003.)
+(A project's own sandbox provider, projects.sandbox_provider, came with 0002.)
 
-Revision ID: 0005
-Revises: 0008
+Revision ID: 0004
+Revises: 0003
 Create Date: 2026-11-28 17:31:34.701964
 """
 
@@ -12,8 +12,8 @@ from collections.abc import Sequence
 import sqlalchemy as sa
 from alembic import op
 
-revision: str = "0005"
-down_revision: str | None = "0008"
+revision: str = "0004"
+down_revision: str | None = "0003"
 branch_labels: str | Sequence[str] | None = None
 depends_on: str | Sequence[str] | None = None
 

@@ -1,0 +1,251 @@
+"""Deployment quotas: a limit per organisation and calendar month (UTC), charged exactly once.
+
+Every deployment moves through the ``quota_ledger`` table, one row per (deployment, kind):
+
+``reserve``
+    made by POST /deploy in the transaction that records the deployment, only when a unit is left
+    (otherwise 429 DEPLOYMENT_QUOTA_EXCEEDED and nothing is recorded);
+``consume``
+    when the deployment completes (the cleanup step);
+``release``
+    when it fails, is cancelled or is dead-lettered: the unit is given back.
+
+The unique (deployment, kind) constraint means a retry, a redelivery or a replay can never charge or
+refund twice. A unit is *used* once consumed (also when a replayed deployment completes after its
+release), *reserved* while it is neither consumed nor released, and free again once released.
+
+Reservations are race-free because POST /deploy locks the organisation's row before it counts: two
+requests of one organisation take turns from there to their commit, on PostgreSQL with a row lock,
+on SQLite because every write transaction holds the database lock (``BEGIN IMMEDIATE``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from sqlalchemy import exists, func, select
+from sqlalchemy.orm import Session, aliased
+
+from libra_deploy.config import Settings
+from libra_deploy.db import utcnow
+from libra_deploy.errors import InvalidInput, NotFound, TooManyRequests
+from libra_deploy.models import ACTIVE_STATUSES, Deployment, Organization, QuotaLedger
+
+RESERVE, CONSUME, RELEASE = "reserve", "consume", "release"
+#: When an organisation has too many deployments queued or running, when to try again: about
+#: the time a small deployment takes.
+CAP_RETRY_AFTER_S = 30
+
+
+@dataclass(frozen=True)
+class Usage:
+    """An organisation's quota in one period."""
+
+    org_id: str
+    limit: int
+    used: int
+    reserved: int
+    period: str
+    period_start: datetime
+    period_end: datetime
+
+    @property
+    def remaining(self) -> int:
+        return max(self.limit - self.used - self.reserved, 0)
+
+
+def period_of(moment: datetime) -> str:
+    """The calendar month (UTC) a moment belongs to, as "YYYY-MM"."""
+    return moment.astimezone(UTC).strftime("%Y-%m")
+
+
+def period_bounds(period: str) -> tuple[datetime, datetime]:
+    """The first instant of the period and the first instant of the next one (UTC)."""
+    start = datetime.strptime(period, "%Y-%m").replace(tzinfo=UTC)
+    end = (
+        start.replace(year=start.year + 1, month=1)
+        if start.month == 12
+        else start.replace(month=start.month + 1)
+    )
+    return start, end
+
+
+def limit_of(org: Organization, settings: Settings) -> int:
+    return settings.default_deploy_quota if org.deploy_quota is None else org.deploy_quota
+
+
+def usage(session: Session, settings: Settings, org: Organization, period: str | None = None) -> Usage:
+    """How much of the organisation's quota is used and reserved in ``period`` (this month by default)."""
+    period = period or period_of(utcnow())
+    in_period = (QuotaLedger.org_id == org.id, QuotaLedger.period == period)
+    counts: dict[str, int] = {
+        kind: count
+        for kind, count in session.execute(
+            select(QuotaLedger.kind, func.count()).where(*in_period).group_by(QuotaLedger.kind)
+        )
+    }
+    consumed = aliased(QuotaLedger)
+    # A release followed by a consumption (a replayed deployment that completed) is a use.
+    released_then_used = session.scalar(
+        select(func.count())
+        .select_from(QuotaLedger)
+        .where(
+            *in_period,
+            QuotaLedger.kind == RELEASE,
+            exists().where(consumed.deployment_id == QuotaLedger.deployment_id, consumed.kind == CONSUME),
+        )
+    )
+    used = counts.get(CONSUME, 0)
+    released = counts.get(RELEASE, 0) - (released_then_used or 0)
+    start, end = period_bounds(period)
+    return Usage(
+        org_id=org.id,
+        limit=limit_of(org, settings),
+        used=used,
+        reserved=counts.get(RESERVE, 0) - used - released,
+        period=period,
+        period_start=start,
+        period_end=end,
+    )
+
+
+def admit(session: Session, settings: Settings, deployment: Deployment) -> None:
+    """Check the organisation's cap on active deployments, then reserve one unit of its quota.
+
+    ``deployment`` is already flushed (it counts as active). Raises TooManyRequests when the cap or
+    the quota is exhausted; the caller's transaction, rolled back, then leaves nothing behind.
+    """
+    # FOR NO KEY UPDATE: it serialises the admissions of one organisation without conflicting with
+    # the key-share locks that inserting rows which reference the organisation takes.
+    org = session.get(
+        Organization, deployment.org_id, with_for_update={"key_share": True}, populate_existing=True
+    )
+    if org is None:
+        raise NotFound(f"organisation {deployment.org_id} does not exist", code="ORG_NOT_FOUND")
+    active = session.scalar(
+        select(func.count())
+        .select_from(Deployment)
+        .where(Deployment.org_id == org.id, Deployment.status.in_(ACTIVE_STATUSES))
+    )
+    cap = settings.max_active_deployments_per_org
+    if (active or 0) > cap:
+        raise TooManyRequests(
+            f"The organisation has {cap} deployments queued or running, its limit "
+            f"(MAX_ACTIVE_DEPLOYMENTS_PER_ORG); wait for one to finish",
+            retry_after=CAP_RETRY_AFTER_S,
+            code="TOO_MANY_ACTIVE_DEPLOYMENTS",
+            details={"limit": "MAX_ACTIVE_DEPLOYMENTS_PER_ORG", "value": cap},
+        )
+    reserve(session, settings, org, deployment.id)
+
+
+def reserve(session: Session, settings: Settings, org: Organization, deployment_id: str) -> None:
+    """Reserve one unit for the deployment, or raise 429 DEPLOYMENT_QUOTA_EXCEEDED.
+
+    The caller holds the organisation's row lock (see :func:`admit`).
+    """
+    now = utcnow()
+    current = usage(session, settings, org, period_of(now))
+    if current.remaining <= 0:
+        raise _exhausted(current, now)
+    session.add(QuotaLedger(org_id=org.id, deployment_id=deployment_id, kind=RESERVE, period=current.period))
+    session.flush()
+
+
+def readmit(session: Session, settings: Settings, deployment: Deployment) -> None:
+    """Take back, for a replay, the unit the deployment gave back when it failed.
+
+    The release is withdrawn, so the reservation holds again and the replay's outcome settles it
+    once; with no unit left the replay is refused (429 DEPLOYMENT_QUOTA_EXCEEDED).
+    """
+    org = session.get(
+        Organization, deployment.org_id, with_for_update={"key_share": True}, populate_existing=True
+    )
+    released = session.scalars(
+        select(QuotaLedger).where(QuotaLedger.deployment_id == deployment.id, QuotaLedger.kind == RELEASE)
+    ).first()
+    if org is None or released is None:
+        return
+    now = utcnow()
+    current = usage(session, settings, org, period_of(now))
+    if current.remaining <= 0:
+        raise _exhausted(current, now)
+    session.delete(released)
+    session.flush()
+
+
+def _exhausted(current: Usage, now: datetime) -> TooManyRequests:
+    reset = current.period_end
+    return TooManyRequests(
+        f"Deploy quota exhausted: the organisation has used {current.used} and reserved "
+        f"{current.reserved} of its {current.limit} deployments for {current.period}; "
+        f"it resets at {reset.isoformat().replace('+00:00', 'Z')}",
+        retry_after=max(int((reset - now).total_seconds()), 1),
+        code="DEPLOYMENT_QUOTA_EXCEEDED",
+        details={
+            "limit": current.limit,
+            "used": current.used,
+            "reserved": current.reserved,
+            "period": current.period,
+            "resetAt": reset.isoformat().replace("+00:00", "Z"),
+        },
+    )
+
+
+def has_reservation(session: Session, deployment_id: str) -> bool:
+    return (
+        session.scalar(
+            select(QuotaLedger.id).where(
+                QuotaLedger.deployment_id == deployment_id, QuotaLedger.kind == RESERVE
+            )
+        )
+        is not None
+    )
+
+
+def consume(session: Session, deployment_id: str) -> bool:
+    """Charge the deployment's reserved unit (it completed). Returns whether a row was written."""
+    return _settle(session, deployment_id, CONSUME)
+
+
+def release(session: Session, deployment_id: str) -> bool:
+    """Give the deployment's unit back (failed, cancelled, dead-lettered), unless it was consumed.
+
+    Idempotent: only the first call for a deployment writes. Returns whether a row was written.
+    """
+    return _settle(session, deployment_id, RELEASE)
+
+
+def _settle(session: Session, deployment_id: str, kind: str) -> bool:
+    # The reservation's row lock orders a consumption and a release racing for one deployment
+    # (a cancel arriving while cleanup completes): the second sees the first and stands down.
+    reservation = session.scalars(
+        select(QuotaLedger)
+        .where(QuotaLedger.deployment_id == deployment_id, QuotaLedger.kind == RESERVE)
+        .with_for_update()
+    ).first()
+    if reservation is None:
+        return False
+    kinds = set(session.scalars(select(QuotaLedger.kind).where(QuotaLedger.deployment_id == deployment_id)))
+    if kind in kinds or (kind == RELEASE and CONSUME in kinds):
+        return False
+    session.add(
+        QuotaLedger(
+            org_id=reservation.org_id, deployment_id=deployment_id, kind=kind, period=reservation.period
+        )
+    )
+    session.flush()
+    return True
+
+
+def set_limit(session: Session, org_id: str, limit: int | None) -> Organization:
+    """Set the organisation's deployments per month; None goes back to DEFAULT_DEPLOY_QUOTA."""
+    if limit is not None and limit < 0:
+        raise InvalidInput("a quota must be 0 or more deployments per month", details={"field": "limit"})
+    org = session.get(Organization, org_id)
+    if org is None:
+        raise NotFound(f"organisation {org_id} does not exist", code="ORG_NOT_FOUND")
+    org.deploy_quota = limit
+    session.flush()
+    return org

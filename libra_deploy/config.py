@@ -104,6 +104,20 @@ class Settings:
     gc_blob_grace_s: float = 3600.0
     #: How often retention and garbage collection run (celery beat, or libra-deploy up).
     gc_interval_s: float = 3600.0
+    #: Deliver webhooks to private, loopback and link-local addresses too (tests, private networks).
+    webhook_allow_private: bool = False
+    #: Attempts per webhook delivery before it is recorded as failed.
+    webhook_max_attempts: int = 6
+    #: First retry delay of a webhook delivery in seconds; doubled per retry, capped at an hour.
+    webhook_retry_base_delay_s: float = 10.0
+    #: How long a webhook receiver may take to answer.
+    webhook_timeout_s: float = 10.0
+    #: When set, GET /metrics requires ``Authorization: Bearer <METRICS_TOKEN>``.
+    metrics_token: str | None = field(default=None, repr=False)
+    #: A comment is sent on an idle live-log stream this often, so proxies keep it open.
+    sse_keepalive_s: float = 15.0
+    #: How often a live-log stream looks for new lines in the database.
+    sse_poll_s: float = 0.5
     extra: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -155,6 +169,13 @@ class Settings:
             "retention_keep": _int(env, "RETENTION_KEEP", 20, minimum=1),
             "gc_blob_grace_s": _float(env, "GC_BLOB_GRACE", 3600.0, minimum=0.0),
             "gc_interval_s": _float(env, "GC_INTERVAL", 3600.0, minimum=1.0),
+            "webhook_allow_private": _bool(env, "WEBHOOK_ALLOW_PRIVATE", False),
+            "webhook_max_attempts": _int(env, "WEBHOOK_MAX_ATTEMPTS", 6, minimum=1),
+            "webhook_retry_base_delay_s": _float(env, "WEBHOOK_RETRY_BASE_DELAY", 10.0, minimum=0.0),
+            "webhook_timeout_s": _float(env, "WEBHOOK_TIMEOUT", 10.0, minimum=0.1),
+            "metrics_token": get("METRICS_TOKEN") or None,
+            "sse_keepalive_s": _float(env, "SSE_KEEPALIVE_INTERVAL", 15.0, minimum=0.1),
+            "sse_poll_s": _float(env, "SSE_POLL_INTERVAL", 0.5, minimum=0.05),
             "extra": dict(env),
         }
         if values["deployment_queue"] == values["deployment_dlq"]:
@@ -189,6 +210,8 @@ class Settings:
             if f.name == "extra":
                 continue
             value = getattr(self, f.name)
+            if f.name == "metrics_token":
+                value = "***" if value else None
             if f.name in ("database_url", "broker_url"):
                 value = redact_url(value)
             shown[f.name] = str(value) if isinstance(value, Path) else value
@@ -220,6 +243,17 @@ def _float(env: Mapping[str, str], name: str, default: float, *, minimum: float)
     if not value >= minimum:
         raise ConfigError(name, f"must be at least {minimum}", raw)
     return value
+
+
+def _bool(env: Mapping[str, str], name: str, default: bool) -> bool:
+    raw = env.get(name, "").strip().lower()
+    if not raw:
+        return default
+    if raw in ("1", "true", "yes", "on"):
+        return True
+    if raw in ("0", "false", "no", "off"):
+        return False
+    raise ConfigError(name, "must be 1 or 0 (true or false)", raw)
 
 
 def _choice(

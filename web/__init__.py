@@ -7,9 +7,11 @@ from flask import Flask
 
 from libra_deploy import __version__
 from libra_deploy.config import Settings
+from libra_deploy.logging_config import configure_logging
 from libra_deploy.runtime import Runtime
-from web import auth, context, errors
-from web.api import deploy, deployments, files, projects, releases, service, sites
+from web import auth, context, errors, observability
+from web.api import deploy, deployments, files, history, metrics, projects, releases, service, sites, webhooks
+from web.openapi import OperationIds
 from web.schemas import ErrorSchema
 
 
@@ -21,6 +23,7 @@ class Api(flask_smorest.Api):
 def create_app(runtime: Runtime | None = None) -> Flask:
     """Build the app on ``runtime``, or on one made from the environment's settings."""
     runtime = runtime or Runtime.from_settings(Settings.from_env())
+    configure_logging(runtime.settings)
     app = Flask(__name__)
     app.config.update(
         MAX_CONTENT_LENGTH=runtime.settings.max_request_bytes,
@@ -34,7 +37,14 @@ def create_app(runtime: Runtime | None = None) -> Flask:
             "info": {"description": "Deploy projects through a queue of six steps."},
             "servers": [{"url": runtime.settings.public_url}],
             "components": {
-                "securitySchemes": {"bearerAuth": {"type": "http", "scheme": "bearer"}},
+                "securitySchemes": {
+                    "bearerAuth": {"type": "http", "scheme": "bearer"},
+                    "metricsToken": {
+                        "type": "http",
+                        "scheme": "bearer",
+                        "description": "METRICS_TOKEN, when the service sets one",
+                    },
+                },
             },
             "security": [{"bearerAuth": []}],
         },
@@ -42,10 +52,12 @@ def create_app(runtime: Runtime | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["libra_deploy"] = runtime
     app.teardown_appcontext(context.close_db)
+    observability.init_app(app)
     sites.init_app(app)
     auth.init_app(app)
-    api = Api(app)
-    for module in (service, deploy, deployments, projects, releases, files, sites):
+    api = Api(app, spec_kwargs={"extra_plugins": [OperationIds()]})
+    modules = (service, deploy, deployments, history, projects, releases, files, webhooks, metrics, sites)
+    for module in modules:
         api.register_blueprint(module.blp)
     # After flask-smorest's own handler, so that ours answer every error.
     errors.register(app)

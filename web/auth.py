@@ -11,6 +11,8 @@ from web.context import runtime
 
 #: Blueprints anyone may call: service information, health, the API documents, the served sites.
 PUBLIC_BLUEPRINTS = frozenset({"service", "api-docs", "sites"})
+#: /metrics checks METRICS_TOKEN itself (web/api/metrics.py), when one is set.
+PUBLIC_BLUEPRINTS |= {"metrics"}
 
 
 def authenticate() -> None:

@@ -25,6 +25,7 @@ from libra_deploy.errors import (
     ServiceUnavailable,
     TooManyRequests,
     Unauthorized,
+    Unprocessable,
 )
 
 logger = logging.getLogger(__name__)
@@ -36,6 +37,7 @@ STATUS = {
     NotFound: 404,
     Conflict: 409,
     PayloadTooLarge: 413,
+    Unprocessable: 422,
     TooManyRequests: 429,
     ServiceUnavailable: 503,
 }

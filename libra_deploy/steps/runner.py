@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from libra_deploy import dead_letters, slots
+from libra_deploy import dead_letters, slots, webhooks
 from libra_deploy.db import transaction, utcnow
 from libra_deploy.errors import DeploymentTimeout, LibraError, StepError, WorkerLost
 from libra_deploy.models import (
@@ -351,6 +351,7 @@ def fail_deployment(session: Session, deployment: Deployment, step: str, error: 
         .values(status=StepStatus.SKIPPED)
     )
     write_lines(session, [_line(deployment.id, step, f"{step} failed: {message}", "error")])
+    webhooks.record_event(session, deployment, "deployment.failed")
 
 
 def first_unfinished_step(session: Session, deployment_id: str) -> str:

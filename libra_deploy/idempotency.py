@@ -69,7 +69,9 @@ def claim(session: Session, org_id: str, key: str, body_hash: str) -> Claim:
         )
     )
     insert_ignoring_duplicates(
-        session, IdempotencyKey, [{"org_id": org_id, "key": key, "request_hash": body_hash, "created_at": utcnow()}]
+        session,
+        IdempotencyKey,
+        [{"org_id": org_id, "key": key, "request_hash": body_hash, "created_at": utcnow()}],
     )
     row = session.scalars(
         select(IdempotencyKey).where(IdempotencyKey.org_id == org_id, IdempotencyKey.key == key)

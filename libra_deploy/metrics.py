@@ -25,7 +25,14 @@ from prometheus_client.registry import Collector
 from sqlalchemy import case, func, select
 from sqlalchemy.orm import Session, sessionmaker
 
-from libra_deploy.models import DeadLetter, Deployment, DeploymentStatus, DeploymentStep, StepStatus, WebhookDelivery
+from libra_deploy.models import (
+    DeadLetter,
+    Deployment,
+    DeploymentStatus,
+    DeploymentStep,
+    StepStatus,
+    WebhookDelivery,
+)
 from libra_deploy.steps import STEPS
 
 BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
@@ -34,7 +41,9 @@ BUCKETS = (0.1, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 120.0, 300.0, 600.0)
 def _seconds(session: Session) -> Any:
     """A step's duration in seconds, in the database's own dialect."""
     if session.get_bind().dialect.name == "sqlite":
-        return (func.julianday(DeploymentStep.finished_at) - func.julianday(DeploymentStep.started_at)) * 86400.0
+        return (
+            func.julianday(DeploymentStep.finished_at) - func.julianday(DeploymentStep.started_at)
+        ) * 86400.0
     return func.extract("epoch", DeploymentStep.finished_at - DeploymentStep.started_at)
 
 
@@ -54,14 +63,18 @@ class DatabaseCollector(Collector):
             yield self._retries(session)
             yield self._dead_letters(session)
             yield self._deliveries(session)
-        depths = GaugeMetricFamily("libra_queue_messages", "Messages waiting in a broker queue", labels=["queue"])
+        depths = GaugeMetricFamily(
+            "libra_queue_messages", "Messages waiting in a broker queue", labels=["queue"]
+        )
         for queue, depth in self._queue_depths().items():
             if depth is not None:
                 depths.add_metric([queue], depth)
         yield depths
 
     def _deployments(self, session: Session) -> GaugeMetricFamily:
-        counts = dict(session.execute(select(Deployment.status, func.count()).group_by(Deployment.status)).all())
+        counts = dict(
+            session.execute(select(Deployment.status, func.count()).group_by(Deployment.status)).all()
+        )
         family = GaugeMetricFamily("libra_deployments", "Deployments by status", labels=["status"])
         for status in DeploymentStatus:
             family.add_metric([status.value], counts.get(status.value, 0))
@@ -83,7 +96,9 @@ class DatabaseCollector(Collector):
             select(timed.c.step, func.count(), func.sum(timed.c.seconds), *columns).group_by(timed.c.step)
         ).all()
         family = HistogramMetricFamily(
-            "libra_deployment_step_duration_seconds", "Duration of completed deployment steps", labels=["step"]
+            "libra_deployment_step_duration_seconds",
+            "Duration of completed deployment steps",
+            labels=["step"],
         )
         by_step = {row[0]: row for row in rows}
         for step in STEPS:
@@ -124,9 +139,13 @@ class DatabaseCollector(Collector):
 
     def _deliveries(self, session: Session) -> GaugeMetricFamily:
         counts = dict(
-            session.execute(select(WebhookDelivery.status, func.count()).group_by(WebhookDelivery.status)).all()
+            session.execute(
+                select(WebhookDelivery.status, func.count()).group_by(WebhookDelivery.status)
+            ).all()
         )
-        family = GaugeMetricFamily("libra_webhook_deliveries", "Webhook deliveries by status", labels=["status"])
+        family = GaugeMetricFamily(
+            "libra_webhook_deliveries", "Webhook deliveries by status", labels=["status"]
+        )
         for status in ("pending", "delivered", "failed"):
             family.add_metric([status], counts.get(status, 0))
         return family

@@ -350,7 +350,9 @@ def claim_overdue(session: Session, settings: Settings, now: datetime) -> list[s
         )
     )
     if ids:
-        session.execute(update(WebhookDelivery).where(WebhookDelivery.id.in_(ids)).values(next_attempt_at=now))
+        session.execute(
+            update(WebhookDelivery).where(WebhookDelivery.id.in_(ids)).values(next_attempt_at=now)
+        )
     return ids
 
 
@@ -437,7 +439,9 @@ def describe_delivery(delivery: WebhookDelivery) -> dict[str, Any]:
         "lastError": delivery.last_error,
         "createdAt": _iso(delivery.created_at),
         "deliveredAt": _iso(delivery.delivered_at),
-        "nextAttemptAt": _iso(delivery.next_attempt_at) if delivery.status == DeliveryStatus.PENDING else None,
+        "nextAttemptAt": _iso(delivery.next_attempt_at)
+        if delivery.status == DeliveryStatus.PENDING
+        else None,
         "payload": delivery.payload,
     }
 

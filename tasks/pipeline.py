@@ -77,7 +77,9 @@ def publish_webhooks(runtime: Runtime, deployment_id: str | None = None) -> list
         try:
             send_webhook(delivery_id)
         except Exception:
-            logger.warning("could not publish webhook delivery %s; will try again", delivery_id, exc_info=True)
+            logger.warning(
+                "could not publish webhook delivery %s; will try again", delivery_id, exc_info=True
+            )
             refused.append(delivery_id)
     if refused:
         with transaction(runtime.sessions) as session:

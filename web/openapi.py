@@ -22,7 +22,9 @@ class OperationIds(BasePlugin):
         super().__init__()
         self._taken: set[str] = set()
 
-    def operation_helper(self, path: str | None = None, operations: dict[str, Any] | None = None, **kwargs: Any) -> None:
+    def operation_helper(
+        self, path: str | None = None, operations: dict[str, Any] | None = None, **kwargs: Any
+    ) -> None:
         rule = kwargs.get("rule")
         if rule is None or not operations:
             return

@@ -356,7 +356,9 @@ class DeploymentSummarySchema(ma.Schema):
     status = fields.String(validate=validate.OneOf(DEPLOYMENT_STATUSES), metadata={"example": "completed"})
     currentStep = fields.String(allow_none=True, metadata={"example": None})
     progress = fields.Integer(metadata={"example": 100})
-    isProduction = fields.Boolean(metadata={"description": "This deployment is the live one", "example": True})
+    isProduction = fields.Boolean(
+        metadata={"description": "This deployment is the live one", "example": True}
+    )
     userId = fields.String(allow_none=True, metadata={"description": "Who started it"})
     createdAt = fields.String(allow_none=True, metadata={"example": "2026-11-28T10:30:00Z"})
     startedAt = fields.String(allow_none=True)
@@ -365,7 +367,9 @@ class DeploymentSummarySchema(ma.Schema):
     errorCode = fields.String(metadata={"example": "BUILD_FAILED"})
     error = fields.String(allow_none=True)
     url = fields.String(metadata={"example": "http://127.0.0.1:3008/sites/prj_01jd.../"})
-    deploymentUrl = fields.String(metadata={"example": "http://127.0.0.1:3008/sites/prj_01jd...@dep_01jd.../"})
+    deploymentUrl = fields.String(
+        metadata={"example": "http://127.0.0.1:3008/sites/prj_01jd...@dep_01jd.../"}
+    )
     expiredAt = fields.String()
     customDomain = fields.String()
     redeployOf = fields.String(metadata={"description": "The deployment this one redeployed"})
@@ -385,7 +389,9 @@ class TreeSummarySchema(ma.Schema):
 
 
 class DurationsSchema(ma.Schema):
-    queued = fields.Float(allow_none=True, metadata={"description": "Seconds between POST and the first step"})
+    queued = fields.Float(
+        allow_none=True, metadata={"description": "Seconds between POST and the first step"}
+    )
     steps = fields.Dict(
         keys=fields.String(),
         values=fields.Float(allow_none=True),
@@ -511,7 +517,9 @@ class DeliverySchema(ma.Schema):
     id = fields.String(metadata={"example": "whd_01jdq3v5y8m6c0d2rj6x1b7k9t"})
     webhookId = fields.String()
     deploymentId = fields.String()
-    event = fields.String(validate=validate.OneOf(WEBHOOK_EVENTS), metadata={"example": "deployment.completed"})
+    event = fields.String(
+        validate=validate.OneOf(WEBHOOK_EVENTS), metadata={"example": "deployment.completed"}
+    )
     status = fields.String(
         validate=validate.OneOf(["pending", "delivered", "failed"]), metadata={"example": "delivered"}
     )

@@ -59,7 +59,11 @@ class Deploy(MethodView):
                     session, caller.org_id, key, idempotency.request_hash(request.get_json(silent=True))
                 )
                 if claim.existing is not None:
-                    return accepted_body(claim.existing.id, claim.existing.status), 202, {"Idempotent-Replayed": "true"}
+                    return (
+                        accepted_body(claim.existing.id, claim.existing.status),
+                        202,
+                        {"Idempotent-Replayed": "true"},
+                    )
             deployment = start_deployment(session, rt.settings, rt.store, caller, DeployRequest(**body))
             if key is not None:
                 idempotency.bind(session, caller.org_id, claim.key, deployment)
@@ -73,7 +77,9 @@ class Deploy(MethodView):
         return accepted_body(deployment.id, deployment.status)
 
 
-def accepted_body(deployment_id: str, status: str, message: str = "Deployment queued successfully") -> dict[str, Any]:
+def accepted_body(
+    deployment_id: str, status: str, message: str = "Deployment queued successfully"
+) -> dict[str, Any]:
     """The 202 body of a deployment that was started (or, for a repeated request, found)."""
     return {
         "success": True,

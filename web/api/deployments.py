@@ -36,7 +36,8 @@ blp = Blueprint("deployments", __name__, url_prefix="/deployments", description=
 
 SSE_EXAMPLE = (
     "retry: 2000\n\n"
-    'event: status\ndata: {"status": "in_progress", "currentStep": "build", "progress": 45, "steps": {...}}\n\n'
+    'event: status\ndata: {"status": "in_progress", "currentStep": "build", "progress": 45, '
+    '"steps": {...}}\n\n'
     'id: 1042\nevent: log\ndata: {"id": 1042, "step": "build", "level": "info", "message": "npm run build", '
     '"timestamp": "2026-11-28T10:30:04Z"}\n\n'
     ": keep-alive\n\n"
@@ -199,7 +200,9 @@ class Cancel(MethodView):
 @blp.route("/<deployment_id>/redeploy")
 class Redeploy(MethodView):
     @blp.response(202, RedeployAcceptedSchema)
-    @blp.alt_response(400, schema=ErrorSchema, description="Files of the source tree are gone (MISSING_FILES)")
+    @blp.alt_response(
+        400, schema=ErrorSchema, description="Files of the source tree are gone (MISSING_FILES)"
+    )
     @blp.alt_response(401, schema=ErrorSchema, description="Missing or invalid credentials")
     @blp.alt_response(404, schema=ErrorSchema, description="No such deployment in your organisation")
     @blp.alt_response(
@@ -222,4 +225,7 @@ class Redeploy(MethodView):
             logger.warning("could not publish deployment %s; it stays queued", deployment.id, exc_info=True)
             with session.begin():
                 mark_unpublished(session, [deployment.id])
-        return {**accepted_body(deployment.id, deployment.status, "Redeploy queued"), "redeployOf": deployment_id}
+        return {
+            **accepted_body(deployment.id, deployment.status, "Redeploy queued"),
+            "redeployOf": deployment_id,
+        }

@@ -143,7 +143,9 @@ SCALAR_PAGE = """<!doctype html>
 @blp.route("/docs")
 class Docs(MethodView):
     @blp.doc(
-        responses={"200": {"description": "An HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}}
+        responses={
+            "200": {"description": "An HTML page", "content": {"text/html": {"schema": {"type": "string"}}}}
+        }
     )
     def get(self) -> Response:
         """The API reference (Scalar), reading /openapi.json

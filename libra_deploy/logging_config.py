@@ -42,21 +42,6 @@ class ContextFilter(logging.Filter):
         return True
 
 
-class _StandardError(logging.StreamHandler):
-    """Writes to whatever ``sys.stderr`` is when a line is logged (test runners swap it)."""
-
-    def __init__(self) -> None:
-        super().__init__()
-
-    @property
-    def stream(self) -> IO[str]:
-        return sys.stderr
-
-    @stream.setter
-    def stream(self, _value: IO[str]) -> None:
-        """The stream is always the current sys.stderr."""
-
-
 #: Every handler installed by configure_logging gets each of these (add one here to apply it everywhere).
 FILTERS: list[logging.Filter] = [ContextFilter()]
 
@@ -72,7 +57,8 @@ def json_formatter() -> JsonFormatter:
 
 def configure_logging(settings: Settings, stream: IO[str] | None = None) -> logging.Handler:
     """Send every log record of the process, as JSON lines, to ``stream`` (stderr by default)."""
-    handler: logging.Handler = logging.StreamHandler(stream) if stream is not None else _StandardError()
+    # Bound now: a Celery worker later replaces sys.stderr with a proxy that logs what it is given.
+    handler = logging.StreamHandler(stream or sys.stderr)
     handler.set_name(_HANDLER_NAME)
     handler.setFormatter(json_formatter())
     for log_filter in FILTERS:

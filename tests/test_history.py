@@ -136,7 +136,8 @@ def test_live_logs_stream_a_running_build_and_resume_after_the_last_event_id(cli
     ticks = [e.data["message"] for e in logs if e.data["message"].startswith("tick ")]
     assert ticks == [f"tick {i}" for i in range(1, 9)]
     statuses = [e.data["currentStep"] for e in events if e.event == "status"]
-    assert "build" in statuses and statuses[-1] is None
+    assert "build" in statuses
+    assert statuses[-1] is None
     assert events[-1].event == "end"
     assert events[-1].data["status"] == "completed"
 
@@ -204,11 +205,15 @@ def test_ten_concurrent_posts_with_one_idempotency_key_make_one_deployment(app, 
     assert len(ids) == 1
     assert sum(r.headers.get("Idempotent-Replayed") == "true" for r in responses) == 9
     with runtime.sessions() as session:
-        count = session.scalar(select(func.count()).select_from(Deployment).where(Deployment.project_id == project))
+        count = session.scalar(
+            select(func.count()).select_from(Deployment).where(Deployment.project_id == project)
+        )
     assert count == 1
 
 
-def test_idempotency_key_with_another_body_is_422_and_other_keys_are_independent(client, runtime, tenant, worker):
+def test_idempotency_key_with_another_body_is_422_and_other_keys_are_independent(
+    client, runtime, tenant, worker
+):
     project = new_project(runtime, tenant)
     body = {"projectId": project, "initFiles": text_files(SITE)}
     first = _deploy_with_key(client, tenant, body, "k-1")
@@ -230,7 +235,9 @@ def test_idempotency_key_with_another_body_is_422_and_other_keys_are_independent
 
     # Keys belong to an organisation: another one may use the same key for its own deployment.
     other = make_tenant(runtime)
-    theirs = _deploy_with_key(client, other, {"projectId": other.project_id, "initFiles": body["initFiles"]}, "k-1")
+    theirs = _deploy_with_key(
+        client, other, {"projectId": other.project_id, "initFiles": body["initFiles"]}, "k-1"
+    )
     assert theirs.status_code == 202
     assert theirs.get_json()["deploymentId"] != deployment_id
 

@@ -14,9 +14,8 @@ import time
 import pytest
 import requests
 
-from tests.helpers import parse_sse, slow_printing_build, text_files
-from tests.helpers import make_tenant
-from tests.service import running_service, wait_until
+from tests.helpers import make_tenant, parse_sse, slow_printing_build, text_files
+from tests.service import running_service
 
 pytestmark = pytest.mark.slow
 
@@ -80,10 +79,14 @@ def test_open_streams_do_not_starve_other_requests_and_resume_exactly():
         assert all(ids == log_ids[0] for ids in log_ids), "the streams saw different lines"
         assert log_ids[0] == sorted(set(log_ids[0]))
         ticks = [
-            e.data["message"] for e in received[0] if e is not None and e.event == "log" and "tick" in e.data["message"]
+            e.data["message"]
+            for e in received[0]
+            if e is not None and e.event == "log" and "tick" in e.data["message"]
         ]
         assert ticks == [f"tick {i}" for i in range(1, 13)]
-        assert all(events[-1].event == "end" and events[-1].data["status"] == "completed" for events in received)
+        assert all(
+            events[-1].event == "end" and events[-1].data["status"] == "completed" for events in received
+        )
         assert any(e is None for events in received for e in events), "no keep-alive comment was sent"
 
         # A reconnecting client resumes right after the last line it saw.
@@ -93,6 +96,11 @@ def test_open_streams_do_not_starve_other_requests_and_resume_exactly():
 
         web_lines = [json.loads(line) for line in service.log("web").splitlines() if line.startswith("{")]
         probes = [line for line in web_lines if str(line.get("request_id", "")).startswith("probe-")]
-        assert len(probes) == 40 and all(line["status"] == 200 for line in probes)
-        worker_lines = [json.loads(line) for line in service.log("worker").splitlines() if line.startswith("{")]
-        assert any(line.get("deployment_id") == deployment_id for line in worker_lines), service.log("worker")[-2000:]
+        assert len(probes) == 40
+        assert all(line["status"] == 200 for line in probes)
+        worker_lines = [
+            json.loads(line) for line in service.log("worker").splitlines() if line.startswith("{")
+        ]
+        assert any(line.get("deployment_id") == deployment_id for line in worker_lines), service.log(
+            "worker"
+        )[-2000:]

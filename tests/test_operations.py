@@ -33,7 +33,10 @@ def test_metrics_count_deployments_steps_and_queues(client, tenant, worker):
     assert ("libra_deployments", (("status", "failed"),)) in samples
     count = samples[("libra_deployment_step_duration_seconds_count", (("step", "build"),))]
     assert count >= 1
-    assert samples[("libra_deployment_step_duration_seconds_bucket", (("le", "+Inf"), ("step", "build")))] == count
+    assert (
+        samples[("libra_deployment_step_duration_seconds_bucket", (("le", "+Inf"), ("step", "build")))]
+        == count
+    )
     assert samples[("libra_deployment_step_duration_seconds_sum", (("step", "build"),))] > 0
     assert ("libra_deployment_step_retries_total", (("step", "sandbox"),)) in samples
     assert ("libra_dead_letters", (("state", "pending"),)) in samples
@@ -45,7 +48,9 @@ def test_metrics_count_deployments_steps_and_queues(client, tenant, worker):
 def test_metrics_need_the_token_when_one_is_set(runtime):
     from web import create_app
 
-    guarded = dataclasses.replace(runtime, settings=dataclasses.replace(runtime.settings, metrics_token="s3cret"))
+    guarded = dataclasses.replace(
+        runtime, settings=dataclasses.replace(runtime.settings, metrics_token="s3cret")
+    )
     client = create_app(guarded).test_client()
     assert client.get("/metrics").status_code == 401
     assert client.get("/metrics", headers={"Authorization": "Bearer wrong"}).status_code == 401
@@ -70,4 +75,6 @@ def test_every_request_gets_a_request_id_echoed_and_logged_as_json(client, setti
     requests = {line["request_id"]: line for line in lines if line["logger"] == "web.requests"}
     assert requests["req-abc.123"]["path"] == "/health"
     assert requests[generated.headers["X-Request-ID"]]["status"] == 200
-    assert all({"timestamp", "level", "message", "request_id", "deployment_id"} <= set(line) for line in lines)
+    assert all(
+        {"timestamp", "level", "message", "request_id", "deployment_id"} <= set(line) for line in lines
+    )

@@ -34,11 +34,15 @@ class Receiver:
         receiver = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:  # noqa: N802 - the http.server API
+            def do_POST(self) -> None:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with receiver._lock:
                     receiver.requests.append(
-                        {"headers": dict(self.headers), "body": body, "valid": receiver.verify(self.headers, body)}
+                        {
+                            "headers": dict(self.headers),
+                            "body": body,
+                            "valid": receiver.verify(self.headers, body),
+                        }
                     )
                     failing = len(receiver.requests) <= receiver.fail_first
                 self.send_response(500 if failing else 200)
@@ -118,7 +122,9 @@ def test_a_completed_deployment_is_posted_signed_to_the_receiver(client, runtime
     assert event["id"] == request["headers"]["Libra-Delivery"]
 
     (delivery,) = wait_until(
-        lambda: [d for d in _deliveries(client, tenant, project, created["id"]) if d["status"] == "delivered"],
+        lambda: [
+            d for d in _deliveries(client, tenant, project, created["id"]) if d["status"] == "delivered"
+        ],
         30,
         "the delivery to be recorded",
     )
@@ -143,7 +149,9 @@ def test_a_receiver_failing_twice_gets_the_event_delivered_once_on_the_third_att
     assert len({r["body"] for r in hook.requests}) == 1  # the same event each time
 
     (delivery,) = wait_until(
-        lambda: [d for d in _deliveries(client, tenant, project, created["id"]) if d["status"] == "delivered"],
+        lambda: [
+            d for d in _deliveries(client, tenant, project, created["id"]) if d["status"] == "delivered"
+        ],
         30,
         "the delivery",
     )

@@ -11,7 +11,7 @@ from libra_deploy.logging_config import configure_logging
 from libra_deploy.runtime import Runtime
 from web import auth, context, errors, observability
 from web.api import deploy, deployments, files, history, metrics, projects, releases, service, sites, webhooks
-from web.openapi import OperationIds
+from web.openapi import Examples, OperationIds
 from web.schemas import ErrorSchema
 
 
@@ -55,7 +55,7 @@ def create_app(runtime: Runtime | None = None) -> Flask:
     observability.init_app(app)
     sites.init_app(app)
     auth.init_app(app)
-    api = Api(app, spec_kwargs={"extra_plugins": [OperationIds()]})
+    api = Api(app, spec_kwargs={"extra_plugins": [OperationIds(), Examples()]})
     modules = (service, deploy, deployments, history, projects, releases, files, webhooks, metrics, sites)
     for module in modules:
         api.register_blueprint(module.blp)

@@ -425,7 +425,9 @@ class LogQuerySchema(ma.Schema):
         metadata={"description": "Return the lines after this line id (nextCursor of the last answer)"},
     )
     limit = fields.Integer(
-        load_default=1000, validate=validate.Range(min=1, max=1000), metadata={"example": 1000}
+        load_default=1000,
+        validate=validate.Range(min=1, max=1000),
+        metadata={"description": "Lines to return at most (1 to 1000)", "example": 1000},
     )
     follow = fields.Boolean(
         load_default=False,
@@ -510,7 +512,11 @@ class DeliveriesQuerySchema(ma.Schema):
     class Meta:
         unknown = ma.EXCLUDE
 
-    limit = fields.Integer(load_default=50, validate=validate.Range(min=1, max=100))
+    limit = fields.Integer(
+        load_default=50,
+        validate=validate.Range(min=1, max=100),
+        metadata={"description": "Deliveries to return, newest first (1 to 100)", "example": 50},
+    )
 
 
 class DeliverySchema(ma.Schema):

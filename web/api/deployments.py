@@ -68,12 +68,14 @@ class Logs(MethodView):
     @blp.doc(
         responses={
             "200": {
+                "description": "The lines as JSON; with follow=1, a stream of Server-Sent Events",
                 "content": {
+                    "application/json": {"schema": {"$ref": "#/components/schemas/LogPage"}},
                     "text/event-stream": {
                         "schema": {"type": "string"},
                         "example": SSE_EXAMPLE,
-                    }
-                }
+                    },
+                },
             }
         },
         parameters=[

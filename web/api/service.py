@@ -132,8 +132,8 @@ SCALAR_PAGE = """<!doctype html>
     <meta name="viewport" content="width=device-width, initial-scale=1" />
   </head>
   <body>
-    <script id="api-reference" data-url="openapi.json"
-      data-configuration='{"withDefaultFonts": false, "hideClientButton": true}'></script>
+    <script id="api-reference" data-url="openapi.json" data-configuration='{"withDefaultFonts": false,
+      "hideClientButton": true, "defaultOpenAllTags": true}'></script>
     <script src="%s"></script>
   </body>
 </html>

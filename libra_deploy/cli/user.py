@@ -200,10 +200,8 @@ def events(api: Api, deployment_id: str) -> Iterator[Event]:
                 timeout=120,
             )
             with response:
-                # chunk_size=None: lines as they arrive, not once a buffer fills.
-                raw = response.iter_lines(chunk_size=None)
-                lines = (line.decode() if isinstance(line, bytes) else line for line in raw)
-                for event in _parse(lines):
+                # chunk_size=None: data as it arrives, not once a buffer fills.
+                for event in _parse(_lines(response.iter_content(chunk_size=None))):
                     if event.id is not None:
                         last_id = event.id
                     yield event
@@ -212,6 +210,15 @@ def events(api: Api, deployment_id: str) -> Iterator[Event]:
         except requests.RequestException:
             continue
     raise LibraError(f"lost the live log of {deployment_id}; see `libra-deploy status {deployment_id}`")
+
+
+def _lines(chunks: Iterator[bytes]) -> Iterator[str]:
+    buffer = b""
+    for chunk in chunks:
+        buffer += chunk
+        *complete, buffer = buffer.split(b"\n")
+        for line in complete:
+            yield line.rstrip(b"\r").decode()
 
 
 def _parse(lines: Iterator[str]) -> Iterator[Event]:

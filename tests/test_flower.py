@@ -37,7 +37,8 @@ def test_flower_shows_the_worker_and_the_deployment_queue():
                 return None
 
         wait_until(lambda: (r := get("/healthcheck")) is not None and r.status_code == 200, 60, "flower")
-        assert requests.get(f"{base}/api/workers", timeout=10).status_code == 401  # the API needs the password
+        # The API needs the password.
+        assert requests.get(f"{base}/api/workers", timeout=10).status_code == 401
 
         workers = wait_until(
             lambda: (r := get("/api/workers?refresh=1")) is not None and r.status_code == 200 and r.json(),

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import delete, select
@@ -96,3 +96,9 @@ def bind(session: Session, org_id: str, key: str, deployment: Deployment) -> Non
     assert row is not None
     row.deployment_id = deployment.id
     session.flush()
+
+
+def forget_expired(session: Session, now: datetime) -> int:
+    """Delete the keys older than their lifetime (garbage collection); return how many went."""
+    result = session.execute(delete(IdempotencyKey).where(IdempotencyKey.created_at < now - KEY_LIFETIME))
+    return int(getattr(result, "rowcount", 0) or 0)

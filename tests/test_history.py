@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import threading
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 
 import pytest
 from sqlalchemy import func, select
 
+from libra_deploy.db import transaction, utcnow
 from libra_deploy.models import Deployment
 from tests.helpers import (
     deploy,
@@ -242,3 +244,27 @@ def test_idempotency_key_with_another_body_is_422_and_other_keys_are_independent
     assert theirs.get_json()["deploymentId"] != deployment_id
 
     assert _deploy_with_key(client, tenant, body, "x" * 300).status_code == 400
+
+
+def test_an_idempotency_key_older_than_a_day_is_free_again(client, runtime, tenant):
+    from libra_deploy.models import IdempotencyKey
+    from libra_deploy.retention import collect_garbage
+
+    project = new_project(runtime, tenant)
+    body = {"projectId": project, "initFiles": text_files(SITE)}
+    first = _deploy_with_key(client, tenant, body, "yesterday").get_json()["deploymentId"]
+    client.post(f"/deployments/{first}/cancel", headers=tenant.headers)
+    with transaction(runtime.sessions) as session:
+        row = session.get(IdempotencyKey, (tenant.org_id, "yesterday"))
+        row.created_at = utcnow() - timedelta(hours=25)
+
+    again = _deploy_with_key(client, tenant, {**body, "replaceFiles": True}, "yesterday")
+    assert again.status_code == 202
+    assert again.get_json()["deploymentId"] != first
+    client.post(f"/deployments/{again.get_json()['deploymentId']}/cancel", headers=tenant.headers)
+
+    with transaction(runtime.sessions) as session:
+        session.get(IdempotencyKey, (tenant.org_id, "yesterday")).created_at = utcnow() - timedelta(hours=25)
+    collect_garbage(runtime)
+    with runtime.sessions() as session:
+        assert session.get(IdempotencyKey, (tenant.org_id, "yesterday")) is None

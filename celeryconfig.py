@@ -51,6 +51,7 @@ _dead_letter_args = (
     if _amqp
     else None
 )
+webhook_queue_name = "deployment-webhooks"
 task_queues = (
     Queue(
         deployment_queue_name,
@@ -59,7 +60,10 @@ task_queues = (
         queue_arguments=_dead_letter_args,
         durable=True,
     ),
+    # Webhook deliveries: their own queue, so a slow receiver never holds up a deployment message.
+    Queue(webhook_queue_name, deployment_exchange, routing_key=webhook_queue_name, durable=True),
 )
+task_routes = {"webhooks.deliver": {"queue": webhook_queue_name, "routing_key": webhook_queue_name}}
 dead_letter_queue = Queue(
     deployment_dlq_name, dead_letter_exchange, routing_key=deployment_dlq_name, durable=True
 )

@@ -198,6 +198,18 @@ class Settings:
     sandbox_max_processes: int = 512
     #: The unprivileged user builds run as when the service itself runs as root.
     sandbox_uid: int = 65534
+    #: Deliver webhooks to private, loopback and link-local addresses too (tests, private networks).
+    webhook_allow_private: bool = False
+    #: Attempts per webhook delivery before it is recorded as failed.
+    webhook_max_attempts: int = 6
+    #: First retry delay of a webhook delivery in seconds; doubled per retry, capped at an hour.
+    webhook_retry_base_delay_s: float = 10.0
+    #: How long a webhook receiver may take to answer.
+    webhook_timeout_s: float = 10.0
+    #: A comment is sent on an idle live-log stream this often, so proxies keep it open.
+    sse_keepalive_s: float = 15.0
+    #: How often a live-log stream looks for new lines in the database.
+    sse_poll_s: float = 0.5
     extra: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -288,6 +300,12 @@ class Settings:
             "sandbox_file_bytes": _int(env, "SANDBOX_FILE_BYTES", 1 * GIB, minimum=1 * MIB),
             "sandbox_max_processes": _int(env, "SANDBOX_MAX_PROCESSES", 512, minimum=8),
             "sandbox_uid": _int(env, "SANDBOX_UID", 65534, minimum=1),
+            "webhook_allow_private": _bool(env, "WEBHOOK_ALLOW_PRIVATE", False),
+            "webhook_max_attempts": _int(env, "WEBHOOK_MAX_ATTEMPTS", 6, minimum=1),
+            "webhook_retry_base_delay_s": _float(env, "WEBHOOK_RETRY_BASE_DELAY", 10.0, minimum=0.0),
+            "webhook_timeout_s": _float(env, "WEBHOOK_TIMEOUT", 10.0, minimum=0.1),
+            "sse_keepalive_s": _float(env, "SSE_KEEPALIVE_INTERVAL", 15.0, minimum=0.1),
+            "sse_poll_s": _float(env, "SSE_POLL_INTERVAL", 0.5, minimum=0.05),
             "extra": dict(env),
         }
         values["rate_limit_storage_url"] = _rate_limit_storage(

@@ -15,7 +15,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from libra_deploy import accounts, domains, quota, uploads
+from libra_deploy import accounts, domains, quota, uploads, webhooks
 from libra_deploy.auth import Principal
 from libra_deploy.config import Settings
 from libra_deploy.db import utcnow
@@ -257,6 +257,7 @@ def cancel(session: Session, principal: Principal, deployment_id: str) -> Cancel
             message=f"Cancelled by {principal.user_id}",
         )
     )
+    webhooks.record_event(session, deployment, "deployment.cancelled")
     session.flush()
     return Cancelled(deployment, changed=True, running_task_id=running.task_id if running else None)
 

@@ -81,6 +81,12 @@ class Conflict(LibraError):
     code = "CONFLICT"
 
 
+class Unprocessable(LibraError):
+    """The only 422 of the API: an Idempotency-Key reused with another request body."""
+
+    code = "IDEMPOTENCY_KEY_REUSED"
+
+
 class TooManyRequests(LibraError):
     """A rate limit, a cap or a quota is exhausted; ``retry_after`` is in seconds."""
 

@@ -164,6 +164,8 @@ class Deployment(Base):
             sqlite_where=text("status IN ('queued', 'in_progress')"),
         ),
         Index("ix_deployments_project_id_created_at", "project_id", "created_at"),
+        # History filtered by status (GET /projects/<id>/deployments?status=...), newest first.
+        Index("ix_deployments_project_id_status_created_at", "project_id", "status", "created_at"),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("dep"))
@@ -317,3 +319,72 @@ class BlobCandidate(Base):
 
     key: Mapped[str] = mapped_column(String(300), primary_key=True)
     first_seen_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class IdempotencyKey(Base):
+    """An ``Idempotency-Key`` of POST /deploy: the same key and body within 24 h get the same deployment.
+
+    The primary key (organisation, key) is what makes concurrent retries safe: the first INSERT wins
+    and the others wait for its transaction, then find its row.
+    """
+
+    __tablename__ = "idempotency_keys"
+
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"), primary_key=True)
+    key: Mapped[str] = mapped_column(String(255), primary_key=True)
+    #: SHA-256 of the request body in canonical JSON: another body under the same key is refused.
+    request_hash: Mapped[str] = mapped_column(String(64))
+    deployment_id: Mapped[str | None] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"))
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class Webhook(Base):
+    """A URL told when a project's deployments end; requests are signed with its secret."""
+
+    __tablename__ = "webhooks"
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("whk"))
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
+    org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
+    url: Mapped[str] = mapped_column(String(2048))
+    #: The signing key. The service must read it back to sign, so it cannot be hashed; it is shown
+    #: once at creation and never returned or logged afterwards.
+    secret: Mapped[str] = mapped_column(String(100))
+    #: The event types delivered, e.g. ["deployment.completed", "deployment.failed"].
+    events: Mapped[list[str]] = mapped_column(JSON, default=list)
+    description: Mapped[str] = mapped_column(String(200), default="")
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+
+
+class WebhookDelivery(Base):
+    """One event for one webhook: recorded with the change it reports, then sent until it succeeds.
+
+    Recorded in the transaction that finishes the deployment (the outbox), published after the
+    commit; ``published_at`` NULL means the outbox relay still has to publish it.
+    """
+
+    __tablename__ = "webhook_deliveries"
+    __table_args__ = (
+        UniqueConstraint("webhook_id", "deployment_id", "event"),
+        Index("ix_webhook_deliveries_webhook_id_created_at", "webhook_id", "created_at"),
+        Index("ix_webhook_deliveries_status", "status"),
+    )
+
+    id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("whd"))
+    webhook_id: Mapped[str] = mapped_column(ForeignKey("webhooks.id", ondelete="CASCADE"))
+    deployment_id: Mapped[str] = mapped_column(ForeignKey("deployments.id", ondelete="CASCADE"), index=True)
+    event: Mapped[str] = mapped_column(String(40))
+    #: The JSON body sent on every attempt (the signature's timestamp changes, the body does not).
+    payload: Mapped[dict[str, Any]] = mapped_column(JSON)
+    #: pending | delivered | failed
+    status: Mapped[str] = mapped_column(String(20), default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, default=0)
+    last_status_code: Mapped[int | None] = mapped_column(Integer)
+    last_error: Mapped[str | None] = mapped_column(Text)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    published_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: While an attempt runs, no other copy of the message may send it (a lease, not a lock).
+    attempt_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: When the next attempt is due; the reaper republishes a pending delivery long past it.
+    next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

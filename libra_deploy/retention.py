@@ -26,6 +26,7 @@ from typing import Any
 from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
+from libra_deploy import idempotency
 from libra_deploy.db import insert_ignoring_duplicates, transaction, utcnow
 from libra_deploy.errors import LibraError
 from libra_deploy.models import ACTIVE_STATUSES, BlobCandidate, Deployment, OwnedBlob, Project
@@ -71,6 +72,9 @@ def collect_garbage(runtime: Runtime, dry_run: bool = False) -> GcReport:
             # One project's target trouble must not stop the collection of the others.
             report.errors.append(f"{project_id}: {exc.message}")
     _sweep_blobs(runtime, started, dry_run, report)
+    if not dry_run:
+        with transaction(runtime.sessions) as session:
+            idempotency.forget_expired(session, started)
     return report
 
 

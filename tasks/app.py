@@ -6,7 +6,7 @@ import sys
 from typing import Any
 
 from celery import Celery
-from celery.signals import worker_init, worker_process_init
+from celery.signals import setup_logging, task_postrun, task_prerun, worker_init, worker_process_init
 
 import tasks.broker  # noqa: F401 - registers the embedded broker's transport before any connection
 from libra_deploy.config import Settings
@@ -19,7 +19,7 @@ try:
 except ConfigError as exc:
     sys.exit(f"libra-deploy: {exc}")
 
-app = Celery("libra_deploy", include=["tasks.steps", "tasks.maintenance"])
+app = Celery("libra_deploy", include=["tasks.steps", "tasks.maintenance", "tasks.webhooks"])
 app.config_from_object("celeryconfig")
 
 
@@ -45,3 +45,30 @@ def _forget_parent_runtime(**_: Any) -> None:
     from tasks.runtime import reset_runtime
 
     reset_runtime()
+
+
+@setup_logging.connect
+def _configure_logging(**_: Any) -> None:
+    """JSON lines, as the web process writes them (connecting here keeps Celery's own setup out)."""
+    from libra_deploy.logging_config import configure_logging
+
+    configure_logging(Settings.from_env())
+
+
+@task_prerun.connect
+def _bind_deployment(task: Any = None, args: Any = None, **_: Any) -> None:
+    # Every line logged while a step runs names its deployment (the steps' only argument).
+    from libra_deploy.logging_config import deployment_id
+
+    if task is not None and task.name.startswith("deploy.") and args:
+        task.request.log_context_token = deployment_id.set(str(args[0]))
+
+
+@task_postrun.connect
+def _unbind_deployment(task: Any = None, **_: Any) -> None:
+    from libra_deploy.logging_config import deployment_id
+
+    token = getattr(task.request, "log_context_token", None) if task is not None else None
+    if token is not None:
+        deployment_id.reset(token)
+        task.request.log_context_token = None

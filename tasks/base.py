@@ -8,8 +8,9 @@ from celery import Task
 
 from libra_deploy.errors import StepError, as_step_error
 from libra_deploy.retries import backoff_delay
+from libra_deploy.runtime import Runtime
 from libra_deploy.steps.runner import Outcome, fail_attempt, run_step
-from tasks.pipeline import enqueue_cleanup
+from tasks.pipeline import enqueue_cleanup, publish_webhooks
 from tasks.recovery import publish_dead_letter
 from tasks.runtime import get_runtime
 
@@ -43,13 +44,25 @@ class StepTask(Task):
                 raise self.retry(exc=error, countdown=delay) from None
             if verdict.dead_letter is not None:
                 publish_dead_letter(runtime, verdict.dead_letter.id, verdict.dead_letter.message)
+            # The failure recorded its webhook deliveries; they go out now that it is committed.
+            _publish_webhooks(runtime, deployment_id)
             if self.step != "cleanup":
                 # The chain stops here; cleanup still has to release the sandbox and the slot.
                 enqueue_cleanup(deployment_id)
             raise error from None
+        if self.step == "cleanup" and outcome is Outcome.RAN:
+            _publish_webhooks(runtime, deployment_id)
         if outcome is Outcome.WAITING:
             # No sandbox slot is free: ask again shortly. No attempt was counted for this.
             raise self.retry(countdown=runtime.settings.slot_wait_s)
         if outcome in (Outcome.NOT_RUNNABLE, Outcome.DUPLICATE, Outcome.CANCELLED):
             # Nothing downstream of this message should run (cancel publishes its own cleanup).
             self.request.chain = None
+
+
+def _publish_webhooks(runtime: Runtime, deployment_id: str) -> None:
+    try:
+        publish_webhooks(runtime, deployment_id)
+    except Exception:
+        # Recorded in the database: the outbox relay publishes them when the database answers again.
+        logger.warning("could not publish the webhooks of %s", deployment_id, exc_info=True)

@@ -6,6 +6,9 @@ import logging
 
 from celery import chain
 
+from libra_deploy import webhooks
+from libra_deploy.db import transaction
+from libra_deploy.runtime import Runtime
 from libra_deploy.steps import STEPS
 from tasks.app import app
 
@@ -53,3 +56,62 @@ def broker_reachable() -> bool:
         return True
     except Exception:
         return False
+
+
+def send_webhook(delivery_id: str, countdown: float = 0) -> None:
+    """Publish one attempt of a webhook delivery on the queue deployment-webhooks."""
+    app.signature("webhooks.deliver", args=(delivery_id,), immutable=True).apply_async(
+        retry=False, countdown=countdown or None
+    )
+
+
+def publish_webhooks(runtime: Runtime, deployment_id: str | None = None) -> list[str]:
+    """Publish the webhook deliveries recorded but not yet published (of one deployment, or all).
+
+    Call after the commit that recorded them. Those the broker refuses are left to the outbox relay.
+    """
+    with transaction(runtime.sessions) as session:
+        claimed = webhooks.claim_unpublished(session, deployment_id)
+    refused = []
+    for delivery_id in claimed:
+        try:
+            send_webhook(delivery_id)
+        except Exception:
+            logger.warning(
+                "could not publish webhook delivery %s; will try again", delivery_id, exc_info=True
+            )
+            refused.append(delivery_id)
+    if refused:
+        with transaction(runtime.sessions) as session:
+            webhooks.mark_unpublished(session, refused)
+    return [d for d in claimed if d not in refused]
+
+
+def queue_depths(names: list[str]) -> dict[str, int | None]:
+    """Messages waiting in each queue, read from the broker (None when it cannot say).
+
+    A passive declare answers with the message count on every transport (RabbitMQ, Redis, the
+    embedded broker) without creating or consuming anything.
+    """
+    depths: dict[str, int | None] = {}
+    try:
+        with app.connection_for_write() as conn:
+            conn.ensure_connection(max_retries=1, interval_start=0, interval_step=0, timeout=3)
+            # RabbitMQ must not redeclare (queue arguments differ per queue); on Redis and the embedded
+            # broker an empty queue does not exist until declared, and declaring it creates nothing.
+            passive = conn.transport.driver_type == "amqp"
+            for name in names:
+                channel = conn.channel()
+                try:
+                    depths[name] = int(channel.queue_declare(queue=name, passive=passive).message_count)
+                except Exception:
+                    depths[name] = None
+                finally:
+                    try:
+                        channel.close()
+                    except Exception:
+                        logger.debug("closing a channel failed", exc_info=True)
+    except Exception:
+        logger.info("the broker did not answer for queue depths", exc_info=True)
+        return dict.fromkeys(names)
+    return depths

@@ -5,11 +5,11 @@ from __future__ import annotations
 import logging
 
 from libra_deploy import dead_letters as letters
-from libra_deploy import recovery
+from libra_deploy import recovery, webhooks
 from libra_deploy.db import transaction, utcnow
 from libra_deploy.runtime import Runtime
 from tasks import dead_letters
-from tasks.pipeline import start_deployment
+from tasks.pipeline import publish_webhooks, send_webhook, start_deployment
 
 logger = logging.getLogger(__name__)
 
@@ -19,6 +19,7 @@ def relay_outbox(runtime: Runtime) -> recovery.Claimed:
     with transaction(runtime.sessions) as session:
         claimed = recovery.claim_outbox(session, utcnow())
     _publish(runtime, claimed)
+    publish_webhooks(runtime)
     return claimed
 
 
@@ -29,7 +30,20 @@ def reap(runtime: Runtime) -> recovery.Claimed:
     for dispatch in claimed.dispatches:
         logger.warning("resuming %s at %s: %s", dispatch.deployment_id, dispatch.start, dispatch.reason)
     _publish(runtime, claimed)
+    _republish_overdue_webhooks(runtime)
     return claimed
+
+
+def _republish_overdue_webhooks(runtime: Runtime) -> None:
+    """Webhook attempts long past due lost their message (a broker restart): send them again."""
+    with transaction(runtime.sessions) as session:
+        overdue = webhooks.claim_overdue(session, runtime.settings, utcnow())
+    for delivery_id in overdue:
+        try:
+            send_webhook(delivery_id)
+        except Exception:
+            # Still overdue: the next sweep tries again.
+            logger.warning("could not publish webhook delivery %s", delivery_id, exc_info=True)
 
 
 def _publish(runtime: Runtime, claimed: recovery.Claimed) -> None:

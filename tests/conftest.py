@@ -72,6 +72,10 @@ os.environ.update(
         "ENVIRONMENT": "test",
         "STEP_RETRY_BASE_DELAY": "0.2",
         "PUBLIC_URL": "http://testserver",
+        # Webhook receivers of the tests listen on loopback, and retries should not take minutes.
+        "WEBHOOK_ALLOW_PRIVATE": "1",
+        "WEBHOOK_RETRY_BASE_DELAY": "0.2",
+        "SSE_POLL_INTERVAL": "0.1",
     }
 )
 if STACK == "embedded":

@@ -199,3 +199,55 @@ def build_processes(marker: str) -> list[int]:
         if state not in ("Z", "X"):
             found.append(int(proc.name))
     return found
+
+
+def slow_printing_build(lines: int, pause_s: float) -> dict[str, str]:
+    """A package.json project whose build prints ``lines`` numbered lines, one every ``pause_s``."""
+    import json
+
+    script = (
+        "let i = 0; const t = setInterval(() => { i++; console.log('tick ' + i); "
+        f"if (i === {lines}) {{ clearInterval(t); const fs = require('fs'); "
+        "fs.mkdirSync('dist', {recursive: true}); fs.writeFileSync('dist/index.html', 'ticked'); } }, "
+        f"{int(pause_s * 1000)});"
+    )
+    return {"package.json": json.dumps({"scripts": {"build": "node build.js"}}), "build.js": script}
+
+
+def failing_build() -> dict[str, str]:
+    import json
+
+    return {
+        "package.json": json.dumps({"scripts": {"build": "node build.js"}}),
+        "build.js": "console.log('about to fail'); process.exit(3);",
+    }
+
+
+@dataclass
+class SseEvent:
+    event: str
+    data: Any
+    id: str | None
+
+
+def parse_sse(chunks: Any) -> Any:
+    """Yield Server-Sent Events (``event``, JSON ``data``, ``id``) and ``None`` for each comment."""
+    import json
+
+    buffer = ""
+    for chunk in chunks:
+        buffer += chunk.decode() if isinstance(chunk, bytes) else chunk
+        while "\n\n" in buffer:
+            block, buffer = buffer.split("\n\n", 1)
+            fields: dict[str, str] = {}
+            comment = False
+            for line in block.split("\n"):
+                if line.startswith(":"):
+                    comment = True
+                    continue
+                name, _, value = line.partition(":")
+                fields[name] = value.removeprefix(" ")
+            if "event" in fields:
+                yield SseEvent(fields["event"], json.loads(fields.get("data", "null")), fields.get("id"))
+            elif comment:
+                yield None

@@ -102,7 +102,7 @@ def test_celeryconfig_defaults_agree_with_the_settings(monkeypatch, tmp_path):
     try:
         settings = Settings.from_env()
         assert fresh.broker_url == settings.broker_url
-        assert [q.name for q in fresh.task_queues] == [settings.deployment_queue]
+        assert [q.name for q in fresh.task_queues] == [settings.deployment_queue, "deployment-webhooks"]
         assert fresh.dead_letter_queue.name == settings.deployment_dlq
         assert fresh.dead_letter_queue.exchange.name == "deployment-dlx"
         assert fresh.task_queues[0].exchange.name == "deployment"

@@ -7,10 +7,25 @@ from flask import Flask
 
 from libra_deploy import __version__
 from libra_deploy.config import Settings
+from libra_deploy.logging_config import configure_logging
 from libra_deploy.redact import install_log_redaction
 from libra_deploy.runtime import Runtime
-from web import auth, context, cors, errors, limits
-from web.api import deploy, deployments, files, orgs, projects, releases, service, sites, templates
+from web import auth, context, cors, errors, limits, observability
+from web.api import (
+    deploy,
+    deployments,
+    files,
+    history,
+    metrics,
+    orgs,
+    projects,
+    releases,
+    service,
+    sites,
+    templates,
+    webhooks,
+)
+from web.openapi import Examples, OperationIds
 from web.schemas import ErrorSchema
 
 
@@ -22,7 +37,8 @@ class Api(flask_smorest.Api):
 def create_app(runtime: Runtime | None = None) -> Flask:
     """Build the app on ``runtime``, or on one made from the environment's settings."""
     runtime = runtime or Runtime.from_settings(Settings.from_env())
-    # First: nothing logged from here on may show a secret of the service.
+    configure_logging(runtime.settings)
+    # Nothing logged from here on may show a secret of the service.
     install_log_redaction(runtime.settings.secret_values())
     if runtime.settings.sandbox_provider == "local":
         # Says at start-up, in the log, when builds cannot be isolated with bubblewrap here.
@@ -43,6 +59,11 @@ def create_app(runtime: Runtime | None = None) -> Flask:
                 "securitySchemes": {
                     "bearerAuth": {"type": "http", "scheme": "bearer"},
                     "sessionCookie": {"type": "apiKey", "in": "cookie", "name": auth.SESSION_COOKIE},
+                    "metricsToken": {
+                        "type": "http",
+                        "scheme": "bearer",
+                        "description": "METRICS_TOKEN, when the service sets one",
+                    },
                 },
             },
             "security": [{"bearerAuth": []}, {"sessionCookie": []}],
@@ -51,13 +72,28 @@ def create_app(runtime: Runtime | None = None) -> Flask:
     app.json.sort_keys = False  # type: ignore[attr-defined]
     app.extensions["libra_deploy"] = runtime
     app.teardown_appcontext(context.close_db)
+    observability.init_app(app)
     sites.init_app(app)
     cors.init_app(app, runtime.settings)
     auth.init_app(app)
     # After authentication: the limits count per credential and organisation.
     limits.init_app(app, runtime.settings)
-    api = Api(app)
-    for module in (service, deploy, deployments, projects, releases, files, orgs, templates, sites):
+    api = Api(app, spec_kwargs={"extra_plugins": [OperationIds(), Examples()]})
+    modules = (
+        service,
+        deploy,
+        deployments,
+        history,
+        projects,
+        releases,
+        files,
+        webhooks,
+        orgs,
+        templates,
+        metrics,
+        sites,
+    )
+    for module in modules:
         api.register_blueprint(module.blp)
     # After flask-smorest's own handler, so that ours answer every error.
     errors.register(app)

@@ -26,6 +26,7 @@ from libra_deploy.errors import (
     ServiceUnavailable,
     TooManyRequests,
     Unauthorized,
+    Unprocessable,
 )
 from web.limits import retry_after
 
@@ -38,6 +39,7 @@ STATUS = {
     NotFound: 404,
     Conflict: 409,
     PayloadTooLarge: 413,
+    Unprocessable: 422,
     TooManyRequests: 429,
     ServiceUnavailable: 503,
 }

@@ -261,6 +261,14 @@ class ServiceInfoSchema(ma.Schema):
     description = fields.String()
     endpoints = fields.List(fields.String())
     docs = fields.String()
+    limits = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        metadata={
+            "description": "Input limits of POST /deploy",
+            "example": {"maxFiles": 10000, "maxFileBytes": 26214400, "maxTotalBytes": 104857600},
+        },
+    )
 
 
 class PromoteSchema(ma.Schema):
@@ -333,3 +341,236 @@ class FileStoredSchema(ma.Schema):
     success = fields.Boolean(metadata={"example": True})
     sha256 = fields.String()
     size = fields.Integer(metadata={"description": "Bytes stored"})
+
+
+# Issue 6: history, live logs, redeploy, idempotency, webhooks. ------------------------------------
+
+
+class IdempotencyHeaderSchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    idempotency_key = fields.String(
+        data_key="Idempotency-Key",
+        validate=validate.Length(min=1, max=255),
+        metadata={
+            "description": "Makes the request safe to retry: the same key and body within 24 hours "
+            "answer with the deployment the first request created (same id, 202); the same key with "
+            "another body is 422",
+            "example": "9f1c2b7e-release-42",
+        },
+    )
+
+
+DEPLOYMENT_STATUSES = ["queued", "in_progress", "completed", "failed", "cancelled"]
+
+
+class HistoryQuerySchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    status = fields.String(
+        validate=validate.OneOf(DEPLOYMENT_STATUSES),
+        metadata={"description": "Only deployments with this status", "example": "completed"},
+    )
+    limit = fields.Integer(
+        load_default=20,
+        validate=validate.Range(min=1, max=100),
+        metadata={"description": "Deployments per page (1 to 100)", "example": 20},
+    )
+    cursor = fields.String(
+        validate=validate.Length(min=1, max=200),
+        metadata={"description": "nextCursor of the previous page", "example": "WyIyMDI2LTExLTI4VDE3..."},
+    )
+
+
+class DeploymentSummarySchema(ma.Schema):
+    deploymentId = fields.String(metadata={"example": "dep_01jdq3v5y8m6c0d2rj6x1b7k9t"})
+    projectId = fields.String(metadata={"example": "prj_01jdq3v5y8m6c0d2rj6x1b7k9t"})
+    status = fields.String(validate=validate.OneOf(DEPLOYMENT_STATUSES), metadata={"example": "completed"})
+    currentStep = fields.String(allow_none=True, metadata={"example": None})
+    progress = fields.Integer(metadata={"example": 100})
+    isProduction = fields.Boolean(
+        metadata={"description": "This deployment is the live one", "example": True}
+    )
+    userId = fields.String(allow_none=True, metadata={"description": "Who started it"})
+    createdAt = fields.String(allow_none=True, metadata={"example": "2026-11-28T10:30:00Z"})
+    startedAt = fields.String(allow_none=True)
+    finishedAt = fields.String(allow_none=True)
+    pinned = fields.Boolean()
+    errorCode = fields.String(metadata={"example": "BUILD_FAILED"})
+    error = fields.String(allow_none=True)
+    url = fields.String(metadata={"example": "http://127.0.0.1:3008/sites/prj_01jd.../"})
+    deploymentUrl = fields.String(
+        metadata={"example": "http://127.0.0.1:3008/sites/prj_01jd...@dep_01jd.../"}
+    )
+    expiredAt = fields.String()
+    customDomain = fields.String()
+    redeployOf = fields.String(metadata={"description": "The deployment this one redeployed"})
+
+
+class DeploymentPageSchema(ma.Schema):
+    deployments = fields.List(fields.Nested(DeploymentSummarySchema))
+    nextCursor = fields.String(
+        allow_none=True,
+        metadata={"description": "Pass as cursor for the next (older) page; null on the last page"},
+    )
+
+
+class TreeSummarySchema(ma.Schema):
+    fileCount = fields.Integer(metadata={"example": 12})
+    bytes = fields.Integer(metadata={"example": 48213})
+
+
+class DurationsSchema(ma.Schema):
+    queued = fields.Float(
+        allow_none=True, metadata={"description": "Seconds between POST and the first step"}
+    )
+    steps = fields.Dict(
+        keys=fields.String(),
+        values=fields.Float(allow_none=True),
+        metadata={"description": "Seconds per step (null until it ran)", "example": {"validate": 0.02}},
+    )
+    total = fields.Float(allow_none=True, metadata={"description": "Seconds from the first step to the end"})
+
+
+class CreatedBySchema(ma.Schema):
+    userId = fields.String(allow_none=True, metadata={"example": "usr_01jdq3v5y8m6c0d2rj6x1b7k9t"})
+    email = fields.String(allow_none=True, metadata={"example": "dev@example.io"})
+
+
+class DeploymentDetailSchema(DeploymentStatusSchema):
+    isProduction = fields.Boolean()
+    userId = fields.String(allow_none=True)
+    redeployOf = fields.String()
+    source = fields.Nested(TreeSummarySchema, allow_none=True, metadata={"description": "The source tree"})
+    output = fields.Nested(TreeSummarySchema, allow_none=True, metadata={"description": "The build output"})
+    durations = fields.Nested(DurationsSchema)
+    createdBy = fields.Nested(CreatedBySchema)
+
+
+class LogQuerySchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    cursor = fields.Integer(
+        load_default=0,
+        validate=validate.Range(min=0),
+        metadata={"description": "Return the lines after this line id (nextCursor of the last answer)"},
+    )
+    limit = fields.Integer(
+        load_default=1000,
+        validate=validate.Range(min=1, max=1000),
+        metadata={"description": "Lines to return at most (1 to 1000)", "example": 1000},
+    )
+    follow = fields.Boolean(
+        load_default=False,
+        metadata={
+            "description": "With Accept: text/event-stream, stream the lines as Server-Sent Events until "
+            "the deployment ends (events `log` with `id:` = line id, `status`, and a final `end`); "
+            "resume with the Last-Event-ID header"
+        },
+    )
+
+
+class LogLineSchema(ma.Schema):
+    id = fields.Integer(metadata={"description": "The line id, the cursor", "example": 1042})
+    step = fields.String(allow_none=True, metadata={"example": "build"})
+    level = fields.String(metadata={"example": "info"})
+    message = fields.String(metadata={"example": "vite v5.4.0 building for production..."})
+    timestamp = fields.String(metadata={"example": "2026-11-28T10:30:04Z"})
+
+
+class LogPageSchema(ma.Schema):
+    deploymentId = fields.String()
+    status = fields.String(validate=validate.OneOf(DEPLOYMENT_STATUSES))
+    lines = fields.List(fields.Nested(LogLineSchema))
+    nextCursor = fields.Integer(metadata={"description": "The last line id returned (or the cursor given)"})
+    finished = fields.Boolean(metadata={"description": "The deployment has ended: no more lines will come"})
+
+
+class RedeployAcceptedSchema(DeployAcceptedSchema):
+    redeployOf = fields.String(metadata={"example": "dep_01jdq3v5y8m6c0d2rj6x1b7k9t"})
+
+
+WEBHOOK_EVENTS = ["deployment.completed", "deployment.failed", "deployment.cancelled"]
+
+
+class WebhookCreateSchema(ma.Schema):
+    class Meta:
+        unknown = ma.RAISE
+
+    url = fields.Url(
+        required=True,
+        schemes={"http", "https"},
+        require_tld=False,
+        metadata={"example": "https://hooks.example.io/libra"},
+    )
+    events = fields.List(
+        fields.String(validate=validate.OneOf(WEBHOOK_EVENTS)),
+        validate=validate.Length(min=1),
+        metadata={"description": "The events to send (all three by default)", "example": WEBHOOK_EVENTS},
+    )
+    description = fields.String(load_default="", validate=validate.Length(max=200))
+
+
+class WebhookSchema(ma.Schema):
+    id = fields.String(metadata={"example": "whk_01jdq3v5y8m6c0d2rj6x1b7k9t"})
+    projectId = fields.String()
+    url = fields.String(metadata={"example": "https://hooks.example.io/libra"})
+    events = fields.List(fields.String(), metadata={"example": WEBHOOK_EVENTS})
+    description = fields.String()
+    createdAt = fields.String()
+
+
+class WebhookCreatedSchema(WebhookSchema):
+    secret = fields.String(
+        metadata={
+            "description": "The signing secret: shown only in this answer, store it now",
+            "example": "whsec_Zt0v9q...",
+        }
+    )
+
+
+class WebhookListSchema(ma.Schema):
+    webhooks = fields.List(fields.Nested(WebhookSchema))
+
+
+class WebhookDeletedSchema(ma.Schema):
+    success = fields.Boolean(metadata={"example": True})
+    id = fields.String()
+    timestamp = fields.String()
+
+
+class DeliveriesQuerySchema(ma.Schema):
+    class Meta:
+        unknown = ma.EXCLUDE
+
+    limit = fields.Integer(
+        load_default=50,
+        validate=validate.Range(min=1, max=100),
+        metadata={"description": "Deliveries to return, newest first (1 to 100)", "example": 50},
+    )
+
+
+class DeliverySchema(ma.Schema):
+    id = fields.String(metadata={"example": "whd_01jdq3v5y8m6c0d2rj6x1b7k9t"})
+    webhookId = fields.String()
+    deploymentId = fields.String()
+    event = fields.String(
+        validate=validate.OneOf(WEBHOOK_EVENTS), metadata={"example": "deployment.completed"}
+    )
+    status = fields.String(
+        validate=validate.OneOf(["pending", "delivered", "failed"]), metadata={"example": "delivered"}
+    )
+    attempts = fields.Integer(metadata={"example": 1})
+    lastStatusCode = fields.Integer(allow_none=True, metadata={"example": 200})
+    lastError = fields.String(allow_none=True)
+    createdAt = fields.String()
+    deliveredAt = fields.String(allow_none=True)
+    nextAttemptAt = fields.String(allow_none=True)
+    payload = fields.Dict(metadata={"description": "The JSON body sent"})
+
+
+class DeliveryListSchema(ma.Schema):
+    deliveries = fields.List(fields.Nested(DeliverySchema))

@@ -24,6 +24,7 @@ from sqlalchemy.orm import Session
 from libra_deploy import accounts, auth
 from libra_deploy.config import Settings
 from libra_deploy.db import transaction
+from libra_deploy.logging_config import configure_logging
 from libra_deploy.migrate import upgrade as upgrade_schema
 from libra_deploy.models import Organization, Project
 from libra_deploy.redact import install_log_redaction
@@ -69,6 +70,7 @@ def up() -> None:
     what the embedded broker lost with the process.
     """
     settings = Settings.from_env()
+    configure_logging(settings)
     install_log_redaction(settings.secret_values())
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     upgrade_schema(settings.database_url)

@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from libra_deploy import quota, slots
+from libra_deploy import quota, slots, webhooks
 from libra_deploy.db import utcnow
 from libra_deploy.models import Deployment, DeploymentLog, DeploymentStatus, Project, ProjectStatus
 from libra_deploy.steps.runner import StepContext
@@ -54,3 +54,5 @@ def record(session: Session, deployment: Deployment, project: Project, result: N
                 message=f"Deployment completed in {elapsed:.1f} s",
             )
         )
+        # In the transaction that completes the deployment: the event cannot be lost or invented.
+        webhooks.record_event(session, deployment, "deployment.completed")

@@ -30,7 +30,7 @@ from typing import Any
 from sqlalchemy import insert, select, update
 from sqlalchemy.orm import Session
 
-from libra_deploy import dead_letters, quota, slots
+from libra_deploy import dead_letters, quota, slots, webhooks
 from libra_deploy.db import transaction, utcnow
 from libra_deploy.errors import DeploymentTimeout, LibraError, StepError, WorkerLost
 from libra_deploy.models import (
@@ -214,6 +214,14 @@ def _begin(
     )
     if row.status == StepStatus.IN_PROGRESS and row.task_id != task_id and fresh:
         return Outcome.DUPLICATE
+    if (
+        step == "cleanup"
+        and fresh
+        and any(other.status == StepStatus.IN_PROGRESS and other.step != step for other in deployment.steps)
+    ):
+        # Cancelled while a step runs: that step's worker stops it within a second or two; cleanup
+        # comes after it, so that the deployment's record ends in order.
+        return Outcome.WAITING
     if row.status == StepStatus.IN_PROGRESS and row.attempts >= MAX_ATTEMPTS:
         # Every attempt so far ended with its worker gone: this message kills workers.
         raise WorkerLost(f"the worker running {step} was lost {row.attempts} times")
@@ -352,6 +360,7 @@ def fail_deployment(session: Session, deployment: Deployment, step: str, error: 
         .values(status=StepStatus.SKIPPED)
     )
     write_lines(session, [_line(deployment.id, step, f"{step} failed: {message}", "error")])
+    webhooks.record_event(session, deployment, "deployment.failed")
 
 
 def first_unfinished_step(session: Session, deployment_id: str) -> str:

@@ -5,9 +5,10 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from flask import url_for
+from flask import request, url_for
 from flask.views import MethodView
 
+from libra_deploy import idempotency
 from libra_deploy.db import utcnow
 from libra_deploy.deployments import (
     DeployRequest,
@@ -27,6 +28,7 @@ from web.schemas import (
     DeploymentStatusSchema,
     DeployRequestSchema,
     ErrorSchema,
+    IdempotencyHeaderSchema,
     StatusQuerySchema,
 )
 
@@ -37,6 +39,7 @@ blp = Blueprint("deploy", __name__, description="Start deployments and follow th
 @blp.route("/deploy")
 class Deploy(MethodView):
     @blp.arguments(DeployRequestSchema)
+    @blp.arguments(IdempotencyHeaderSchema, location="headers")
     @blp.response(202, DeployAcceptedSchema)
     @blp.alt_response(400, schema=ErrorSchema, description="The body is invalid (fields named in details)")
     @blp.alt_response(401, schema=ErrorSchema, description="Missing or invalid credentials")
@@ -52,22 +55,36 @@ class Deploy(MethodView):
         "Retry-After says when to try again",
         headers={"Retry-After": {"description": "Seconds to wait", "schema": {"type": "integer"}}},
     )
-    def post(self, body: dict[str, Any]) -> dict[str, Any]:
+    @blp.alt_response(
+        422, schema=ErrorSchema, description="The Idempotency-Key was used with another body in the last 24 h"
+    )
+    def post(self, body: dict[str, Any], headers: dict[str, Any]) -> Any:
         """Start a deployment
 
-        Answers at once with the deployment id; the six steps run in the background.
+        Answers at once with the deployment id; the six steps run in the background. With an
+        `Idempotency-Key` header, a retry of the same request (same key, same body, within 24 hours)
+        answers with the deployment the first one created instead of starting another.
         """
         rt = runtime()
         session = db()
+        key = headers.get("idempotency_key")
         with session.begin():
+            caller = principal()
+            if key is not None:
+                claim = idempotency.claim(
+                    session, caller.org_id, key, idempotency.request_hash(request.get_json(silent=True))
+                )
+                if claim.existing is not None:
+                    return (
+                        accepted_body(claim.existing.id, claim.existing.status),
+                        202,
+                        {"Idempotent-Replayed": "true"},
+                    )
             deployment = start_deployment(
-                session,
-                rt.settings,
-                rt.store,
-                principal(),
-                DeployRequest(**body),
-                rate_limit=deploy_rate_limit(),
+                session, rt.settings, rt.store, caller, DeployRequest(**body), rate_limit=deploy_rate_limit()
             )
+            if key is not None:
+                idempotency.bind(session, caller.org_id, claim.key, deployment)
         try:
             enqueue(deployment.id)
         except Exception:
@@ -75,14 +92,21 @@ class Deploy(MethodView):
             logger.warning("could not publish deployment %s; it stays queued", deployment.id, exc_info=True)
             with session.begin():
                 mark_unpublished(session, [deployment.id])
-        return {
-            "success": True,
-            "deploymentId": deployment.id,
-            "status": deployment.status,
-            "message": "Deployment queued successfully",
-            "statusUrl": rt.settings.public_url + url_for("deploy.DeployStatus", id=deployment.id),
-            "timestamp": utcnow().isoformat().replace("+00:00", "Z"),
-        }
+        return accepted_body(deployment.id, deployment.status)
+
+
+def accepted_body(
+    deployment_id: str, status: str, message: str = "Deployment queued successfully"
+) -> dict[str, Any]:
+    """The 202 body of a deployment that was started (or, for a repeated request, found)."""
+    return {
+        "success": True,
+        "deploymentId": deployment_id,
+        "status": status,
+        "message": message,
+        "statusUrl": runtime().settings.public_url + url_for("deploy.DeployStatus", id=deployment_id),
+        "timestamp": utcnow().isoformat().replace("+00:00", "Z"),
+    }
 
 
 @blp.route("/deploy-status")

@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Any
 
-from flask import Response
+from flask import Response, send_file
 from flask.views import MethodView
 from sqlalchemy import text
 
 from libra_deploy import __version__
 from libra_deploy.db import utcnow
+from libra_deploy.errors import NotFound
 from tasks.pipeline import broker_reachable
 from web.api import Blueprint
 from web.context import runtime
@@ -23,6 +25,15 @@ blp = Blueprint("service", __name__, description="Service information and health
 ENDPOINTS = [
     "POST /deploy",
     "GET /deploy-status?id=<deploymentId>",
+    "GET /deployments/<deploymentId>",
+    "GET /deployments/<deploymentId>/logs[?follow=1]",
+    "POST /deployments/<deploymentId>/cancel",
+    "POST /deployments/<deploymentId>/redeploy",
+    "GET /projects/<projectId>/deployments",
+    "POST /projects/<projectId>/webhooks",
+    "GET /projects/<projectId>/webhooks",
+    "DELETE /projects/<projectId>/webhooks/<webhookId>",
+    "GET /projects/<projectId>/webhooks/<webhookId>/deliveries",
     "POST /projects",
     "GET /projects/<projectId>",
     "PATCH /projects/<projectId>",
@@ -37,6 +48,7 @@ ENDPOINTS = [
     "GET /sites/<projectId>/<path>",
     "GET /sites/<projectId>@<deploymentId>/<path>",
     "GET /health",
+    "GET /metrics",
     "GET /docs",
     "GET /openapi.json",
 ]
@@ -63,7 +75,20 @@ class Index(MethodView):
             "validate, sync, sandbox, build, deploy, cleanup",
             "endpoints": ENDPOINTS,
             "docs": runtime().settings.public_url + "/docs",
+            "limits": _limits(),
         }
+
+
+def _limits() -> dict[str, int]:
+    """The input limits of POST /deploy, so that a client (the CLI) can refuse early and clearly."""
+    settings = runtime().settings
+    return {
+        "maxFiles": settings.max_files,
+        "maxFileBytes": settings.max_file_bytes,
+        "maxTotalBytes": settings.max_total_bytes,
+        "maxPathLength": settings.max_path_length,
+        "maxPathDepth": settings.max_path_depth,
+    }
 
 
 @blp.route("/health")
@@ -103,6 +128,14 @@ def _database_check() -> str:
         return "unhealthy"
 
 
+#: The Scalar bundle `bin/setup` installs from the npm registry (not committed; see .gitignore).
+SCALAR_BUNDLE = (
+    Path(__file__).resolve().parents[1]
+    / "vendor/node_modules/@scalar/api-reference/dist/browser/standalone.js"
+)
+#: Used only when the bundle is not installed (the page then needs the internet).
+SCALAR_CDN = "https://cdn.jsdelivr.net/npm/@scalar/api-reference@1.76.0"
+
 SCALAR_PAGE = """<!doctype html>
 <html>
   <head>
@@ -111,8 +144,9 @@ SCALAR_PAGE = """<!doctype html>
     <meta name="viewport" content="width=device-width, initial-scale=1" />
   </head>
   <body>
-    <script id="api-reference" data-url="openapi.json"></script>
-    <script src="https://cdn.jsdelivr.net/npm/@scalar/api-reference"></script>
+    <script id="api-reference" data-url="openapi.json" data-configuration='{"withDefaultFonts": false,
+      "hideClientButton": true, "defaultOpenAllTags": true}'></script>
+    <script src="%s"></script>
   </body>
 </html>
 """
@@ -121,8 +155,37 @@ SCALAR_PAGE = """<!doctype html>
 @blp.route("/docs")
 class Docs(MethodView):
     @blp.doc(
-        security=[], responses={"200": {"description": "The API reference", "content": {"text/html": {}}}}
+        security=[],
+        responses={
+            "200": {
+                "description": "The API reference",
+                "content": {"text/html": {"schema": {"type": "string"}}},
+            }
+        },
     )
     def get(self) -> Response:
-        """The API reference (Scalar), reading /openapi.json"""
-        return Response(SCALAR_PAGE, mimetype="text/html")
+        """The API reference (Scalar), reading /openapi.json
+
+        Served from the bundle installed by `bin/setup`, so it works without the internet; from the
+        public CDN only when the bundle is missing.
+        """
+        source = "docs/scalar.js" if SCALAR_BUNDLE.is_file() else SCALAR_CDN
+        return Response(SCALAR_PAGE % source, mimetype="text/html")
+
+
+@blp.route("/docs/scalar.js")
+class DocsBundle(MethodView):
+    @blp.doc(
+        responses={
+            "200": {
+                "description": "The Scalar API reference bundle",
+                "content": {"text/javascript": {"schema": {"type": "string"}}},
+            },
+            "404": {"description": "The bundle is not installed (run bin/setup)"},
+        }
+    )
+    def get(self) -> Response:
+        """The Scalar bundle of the API reference"""
+        if not SCALAR_BUNDLE.is_file():
+            raise NotFound("the Scalar bundle is not installed; run bin/setup", code="DOCS_BUNDLE_MISSING")
+        return send_file(SCALAR_BUNDLE, mimetype="text/javascript", max_age=3600)

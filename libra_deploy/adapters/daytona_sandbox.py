@@ -191,6 +191,8 @@ class DaytonaSandboxProvider:
         cwd: str = "",
         network: bool = False,
     ) -> int:
+        # A Daytona sandbox has one network policy for its whole life, set when it is created: ``network``
+        # (which only the local sandbox can switch per command) does not apply here.
         sandbox = self._sandbox(sandbox_id)
         workdir = f"{self._root(sandbox_id)}/{cwd}".rstrip("/")
         shown = shlex.join(command)

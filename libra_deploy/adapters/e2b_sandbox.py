@@ -183,6 +183,8 @@ class E2BSandboxProvider:
         cwd: str = "",
         network: bool = False,
     ) -> int:
+        # An E2B sandbox has one network policy for its whole life, set when it is created: ``network``
+        # (which only the local sandbox can switch per command) does not apply here.
         sandbox = self._sandbox(sandbox_id)
         lines = LineSplitter(on_output)
         shown = shlex.join(command)

@@ -11,6 +11,7 @@ and a test checks that they agree.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from collections.abc import Mapping
@@ -198,6 +199,9 @@ class Settings:
     sandbox_max_processes: int = 512
     #: The unprivileged user builds run as when the service itself runs as root.
     sandbox_uid: int = 65534
+    #: Fernet keys of the build variables (ENCRYPTION_KEY, comma-separated): the first encrypts,
+    #: any of them decrypts, so a key is rotated by putting the new one first.
+    encryption_keys: tuple[str, ...] = field(default=(), repr=False)
     extra: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -288,6 +292,7 @@ class Settings:
             "sandbox_file_bytes": _int(env, "SANDBOX_FILE_BYTES", 1 * GIB, minimum=1 * MIB),
             "sandbox_max_processes": _int(env, "SANDBOX_MAX_PROCESSES", 512, minimum=8),
             "sandbox_uid": _int(env, "SANDBOX_UID", 65534, minimum=1),
+            "encryption_keys": _fernet_keys(env, "ENCRYPTION_KEY"),
             "extra": dict(env),
         }
         values["rate_limit_storage_url"] = _rate_limit_storage(
@@ -375,6 +380,8 @@ class Settings:
                 value = redact_url(value)
             elif (f.name in SECRET_FIELDS or f.name == "metrics_token") and value:
                 value = "***"
+            elif f.name == "encryption_keys":
+                value = ["***"] * len(value)
             shown[f.name] = str(value) if isinstance(value, Path) else value
         return shown
 
@@ -391,6 +398,7 @@ class Settings:
                 found.add(password)
         if self.metrics_token:
             found.add(self.metrics_token)
+        found.update(self.encryption_keys)
         return found
 
 
@@ -512,6 +520,25 @@ def _domains(env: Mapping[str, str], name: str) -> tuple[str, ...]:
         if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", domain):
             raise ConfigError(name, "must list domain names such as example.io (IDNA ASCII form)", domain)
     return domains
+
+
+def _fernet_keys(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Comma-separated Fernet keys (32 bytes, URL-safe base64), as Fernet.generate_key() makes them."""
+    keys = tuple(k.strip() for k in env.get(name, "").split(",") if k.strip())
+    for key in keys:
+        try:
+            if len(base64.urlsafe_b64decode(key.encode("ascii"))) == 32:
+                continue
+        except (ValueError, UnicodeEncodeError):
+            pass
+        # The value is a secret: the error names the setting, never shows the value.
+        raise ConfigError(
+            name,
+            "must hold Fernet keys (32 bytes, URL-safe base64; make one with "
+            '`python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"`)'
+            ", separated by commas",
+        )
+    return keys
 
 
 def _rate_limit_storage(raw: str, broker_url: str) -> str:

@@ -11,6 +11,7 @@ from libra_deploy.redact import install_log_redaction
 from libra_deploy.runtime import Runtime
 from web import auth, context, cors, errors, limits
 from web.api import deploy, deployments, files, orgs, projects, releases, service, sites, templates
+from web.api import variables as build_variables_api
 from web.schemas import ErrorSchema
 
 
@@ -59,6 +60,7 @@ def create_app(runtime: Runtime | None = None) -> Flask:
     api = Api(app)
     for module in (service, deploy, deployments, projects, releases, files, orgs, templates, sites):
         api.register_blueprint(module.blp)
+    api.register_blueprint(build_variables_api.blp)
     # After flask-smorest's own handler, so that ours answer every error.
     errors.register(app)
     return app

@@ -199,3 +199,24 @@ def build_processes(marker: str) -> list[int]:
         if state not in ("Z", "X"):
             found.append(int(proc.name))
     return found
+
+
+@contextmanager
+def service_on(env: dict[str, str]) -> Iterator[tuple[Runtime, Any]]:
+    """A runtime with ``env`` over the test environment, used by the worker; a test client of an app on it."""
+    import os
+
+    from libra_deploy.config import Settings
+    from tasks.runtime import get_runtime, set_runtime
+    from web import create_app
+
+    previous = get_runtime()
+    runtime = Runtime.from_settings(Settings.from_env({**os.environ, **env}))
+    set_runtime(runtime)
+    try:
+        app = create_app(runtime)
+        app.config["TESTING"] = True
+        yield runtime, app.test_client()
+    finally:
+        set_runtime(previous)
+        runtime.close()

@@ -109,8 +109,9 @@ def use_sandbox_provider(runtime: Runtime, project_id: str, name: str) -> None:
         project.sandbox_provider = name
 
 
-def cli(*args: str, input: str | None = None) -> Any:
-    """Run ``libra-deploy`` in this process's environment (same database and broker as the tests)."""
+def cli(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Any:
+    """Run ``libra-deploy`` in this process's environment (same database and broker as the tests),
+    or in ``env`` when given."""
     import os
     import subprocess
     from pathlib import Path
@@ -118,7 +119,7 @@ def cli(*args: str, input: str | None = None) -> Any:
     executable = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "libra-deploy"
     return subprocess.run(
         [str(executable), *args],
-        env=dict(os.environ),
+        env=env if env is not None else dict(os.environ),
         input=input,
         capture_output=True,
         text=True,

@@ -58,6 +58,7 @@ def _url(rule: str, victim: Victim) -> str:
         "<deployment_id>": victim.deployment_id,
         "<sha256>": SOME_HASH,
         "<path:path>": "index.html",
+        "<name>": "API_URL",
     }
     url = rule
     for placeholder, value in values.items():
@@ -80,6 +81,9 @@ CROSS_ORG = {
     ("/projects/<project_id>/rollback", "POST"): (404, lambda v: {"json": {"deploymentId": v.deployment_id}}),
     ("/projects/<project_id>/files/check", "POST"): (404, lambda v: {"json": {"hashes": [SOME_HASH]}}),
     ("/projects/<project_id>/files/<sha256>", "PUT"): (404, lambda v: {"data": b"x"}),
+    ("/projects/<project_id>/env", "GET"): (404, lambda v: {}),
+    ("/projects/<project_id>/env/<name>", "PUT"): (404, lambda v: {"json": {"value": "theirs"}}),
+    ("/projects/<project_id>/env/<name>", "DELETE"): (404, lambda v: {}),
     ("/deployments/<deployment_id>/cancel", "POST"): (404, lambda v: {}),
     ("/deployments/<deployment_id>/pin", "PUT"): (404, lambda v: {}),
     ("/deployments/<deployment_id>/pin", "DELETE"): (404, lambda v: {}),

@@ -192,7 +192,7 @@ class Settings:
     #: Default lifetime of a session made by ``libra-deploy sessions create``.
     session_ttl_s: int = 14 * 24 * 3600
     sandbox_isolation: str = "auto"
-    #: Limits of every process a build runs (CPU seconds, address space, file size, processes).
+    #: Limits of every process a build runs (CPU seconds, memory, file size, processes).
     sandbox_cpu_seconds: int = 600
     sandbox_memory_bytes: int = 4 * GIB
     sandbox_file_bytes: int = 1 * GIB

@@ -6,7 +6,9 @@ Every command runs
   time zone, and the sandbox's own HOME and TMPDIR);
 * in its own process group, killed group and all at its deadline or when the sandbox is destroyed
   (which is how a cancel reaches a build running in another thread);
-* under resource limits set with ``prlimit`` (util-linux): CPU seconds, address space, file size,
+* under resource limits set with ``prlimit`` (util-linux): CPU seconds, memory (the data limit,
+  which counts the heap and private writable mappings but not the huge address-space reservations
+  V8 makes for WebAssembly, so a Vite build still runs), file size,
   number of processes, no core dumps. ``prlimit`` rather than ``preexec_fn``: the worker runs
   threads, and code between fork and exec is unsafe there;
 * inside bubblewrap (``bwrap``) when it works on this machine: the sandbox directory, mounted at
@@ -88,7 +90,7 @@ class ResourceLimits:
     def prlimit_args(self) -> list[str]:
         return [
             f"--cpu={self.cpu_seconds}",
-            f"--as={self.memory_bytes}",
+            f"--data={self.memory_bytes}",
             f"--fsize={self.file_bytes}",
             f"--nproc={self.max_processes}",
             "--core=0",

@@ -19,6 +19,7 @@ from libra_deploy.deployments import DeployRequest, start_deployment
 from libra_deploy.errors import ConfigError, StepError
 from libra_deploy.migrate import upgrade
 from libra_deploy.models import DeploymentLog, ProjectVariable
+from libra_deploy.redact import masker
 from libra_deploy.steps.build import build_log_key
 from libra_deploy.steps.cleanup import log_key
 from tasks import pipeline
@@ -116,6 +117,18 @@ def test_values_and_counts_are_limited(client, runtime, tenant):
     assert too_many.status_code == 400
     assert too_many.get_json()["error"] == "TOO_MANY_VARIABLES"
     assert _put(client, tenant, project_id, "V0", "changed").status_code == 200  # a change is no new one
+
+
+def test_the_mask_hides_each_line_of_a_multi_line_value_but_not_short_values():
+    mask = masker(["-----BEGIN KEY-----\nMIIEvQIBADANBgkq\n-----END KEY-----", "lengthy-secret", "short"])
+    assert mask("token: lengthy-secret, again lengthy-secret") == "token: ***, again ***"
+    assert mask("MIIEvQIBADANBgkq") == "***"
+    assert (
+        mask("the whole -----BEGIN KEY-----\nMIIEvQIBADANBgkq\n-----END KEY----- key") == "the whole *** key"
+    )
+    # Shorter than MIN_SECRET_LENGTH: masking it would hide ordinary words.
+    assert mask("a short line") == "a short line"
+    assert masker([])("unchanged") == "unchanged"
 
 
 # Encryption --------------------------------------------------------------------------------------
@@ -238,6 +251,7 @@ def _stored_logs(runtime, deployment_id: str) -> str:
     )
 
 
+@pytest.mark.stack
 @pytest.mark.slow
 def test_a_variable_reaches_the_install_and_the_build_but_no_log_and_no_answer(
     client, runtime, worker, tenant
@@ -314,6 +328,7 @@ def test_a_failing_build_shows_its_output_masked_in_the_error(client, runtime, w
     assert secret not in json.dumps(status)
 
 
+@pytest.mark.stack
 @pytest.mark.slow
 def test_a_variable_deleted_while_the_deployment_is_queued_is_not_there(client, runtime, worker, tenant):
     project_id = new_project(runtime, tenant)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Mapping
 from typing import Any
 
@@ -9,7 +10,7 @@ from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
-from libra_deploy import domains, templates
+from libra_deploy import domains, sources, templates
 from libra_deploy.config import Settings
 from libra_deploy.errors import Conflict, InvalidInput, NotFound
 from libra_deploy.models import Organization, Project, User, is_plausible_id
@@ -101,21 +102,86 @@ def get_project(session: Session, org_id: str, project_id: str) -> Project:
     return project
 
 
+#: The longest install or build command a project may set.
+MAX_COMMAND_LENGTH = 1000
+#: A Node.js version hint: "20", "20.x", "20.11", "20.11.1", "v22".
+_NODE_VERSION = re.compile(r"v?\d{1,3}(\.(\d{1,4}|x)){0,2}")
+
+
+def _command(field: str) -> Callable[[Any, Settings], str | None]:
+    """An install or build command: one line of shell, run with ``sh -c`` in the sandbox.
+
+    A shell string rather than an argument list, because that is what people type into Vercel,
+    Netlify and Pages (``npm run build && cp -r extra dist/``); the sandbox, not the parsing of
+    the command, is the security boundary. Empty or null clears it (the detected command runs).
+    """
+
+    def check(value: Any, settings: Settings) -> str | None:
+        if value is None or (isinstance(value, str) and not value.strip()):
+            return None
+        if not isinstance(value, str):
+            raise _invalid(field, "must be a string")
+        value = value.strip()
+        if len(value) > MAX_COMMAND_LENGTH:
+            raise _invalid(field, f"must be at most {MAX_COMMAND_LENGTH} characters")
+        if any(ord(c) < 0x20 or ord(c) == 0x7F for c in value):
+            raise _invalid(field, "must be one line without control characters (join commands with &&)")
+        return value
+
+    return check
+
+
+def _directory(field: str) -> Callable[[Any, Settings], str | None]:
+    """A directory of the source tree, relative, with the rules of source paths (no ``..``)."""
+
+    def check(value: Any, settings: Settings) -> str | None:
+        if value is None or (isinstance(value, str) and value.strip() in ("", ".", "./")):
+            return None
+        return sources.normalize_path(value, settings, field=field)
+
+    return check
+
+
+def _node_version(value: Any, settings: Settings) -> str | None:
+    if value is None or (isinstance(value, str) and not value.strip()):
+        return None
+    if not isinstance(value, str) or not _NODE_VERSION.fullmatch(value.strip()):
+        raise _invalid("nodeVersion", "must be a Node.js version such as 20, 20.x or 20.11.1")
+    return value.strip()
+
+
+def _invalid(field: str, problem: str) -> InvalidInput:
+    return InvalidInput(f"{field} {problem}", details={"field": field})
+
+
 #: What PATCH /projects/<id> may change, by attribute, each with the check its value must pass.
-PROJECT_SETTINGS: dict[str, Callable[[Any], Any]] = {
-    "name": lambda value: _name(str(value), "a project name"),
-    "spa_fallback": bool,
+PROJECT_SETTINGS: dict[str, Callable[[Any, Settings], Any]] = {
+    "name": lambda value, settings: _name(str(value), "a project name"),
+    "spa_fallback": lambda value, settings: bool(value),
+    "install_command": _command("installCommand"),
+    "build_command": _command("buildCommand"),
+    "output_directory": _directory("outputDirectory"),
+    "root_directory": _directory("rootDirectory"),
+    "node_version": _node_version,
 }
 
 
-def update_project(session: Session, org_id: str, project_id: str, changes: Mapping[str, Any]) -> Project:
-    """Change the given settings of a project (others stay as they are)."""
+def update_project(
+    session: Session, org_id: str, project_id: str, changes: Mapping[str, Any], *, settings: Settings
+) -> Project:
+    """Change the given settings of a project (others stay as they are).
+
+    Every value is checked before any is applied: a request with one bad value changes nothing.
+    """
     project = get_project(session, org_id, project_id)
     unknown = set(changes) - set(PROJECT_SETTINGS)
     if unknown:
         raise InvalidInput(f"these project settings cannot be changed: {', '.join(sorted(unknown))}")
-    for attribute, value in changes.items():
-        setattr(project, attribute, PROJECT_SETTINGS[attribute](value))
+    checked = {
+        attribute: PROJECT_SETTINGS[attribute](value, settings) for attribute, value in changes.items()
+    }
+    for attribute, value in checked.items():
+        setattr(project, attribute, value)
     session.flush()
     return project
 

@@ -14,6 +14,11 @@ static site: its files are its output. Otherwise:
   frozen to it, which is also what makes the dependency cache (keyed by the lockfile) sound;
 * the **output directory** is ``libraDeploy.outputDir`` from package.json when set, else the
   framework's own, else the first of dist, build, out and public that the build produced.
+
+A project's own build settings (:class:`BuildSettings`, set with ``PATCH /projects/<id>``) win over
+all of that: an install or build command replaces the detected one (and a build command makes a
+project without package.json a built one), an output directory replaces the detected ones. The root
+directory is applied by the caller, which plans from the files under it.
 """
 
 from __future__ import annotations
@@ -41,6 +46,21 @@ class PackageManager:
 
 
 @dataclass(frozen=True)
+class BuildSettings:
+    """A project's explicit build settings; None leaves the decision to the detection."""
+
+    install_command: str | None = None
+    build_command: str | None = None
+    output_directory: str | None = None
+    node_version: str | None = None
+
+
+def shell(command: str) -> tuple[str, ...]:
+    """A command as users type it into a host's settings, run by the sandbox's shell."""
+    return ("sh", "-c", command)
+
+
+@dataclass(frozen=True)
 class BuildPlan:
     framework: str = "static"
     #: How the framework shows in the log ("Vite (React)").
@@ -51,17 +71,33 @@ class BuildPlan:
     #: Directories to look in for the output, in order; empty for a static site (the tree itself).
     output_dirs: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
+    #: The project's own commands (one line of shell each), replacing the detected ones.
+    custom_install: str | None = None
+    custom_build: str | None = None
+    #: For a static site: the folder of the source that is the site ("" for all of it).
+    static_dir: str = ""
 
     @property
     def is_static(self) -> bool:
-        return self.package_manager is None
+        return self.package_manager is None and self.custom_build is None
 
     @property
     def build_command(self) -> tuple[str, ...]:
-        """The project's build script, run by its package manager (``npm run build``...)."""
+        """The project's build command, or its build script run by its package manager (``npm run build``)."""
+        if self.custom_build is not None:
+            return shell(self.custom_build)
         if self.package_manager is None:
             raise ValueError("a static site has no build command")
         return (*self.package_manager.run, "build")
+
+    @property
+    def install_command(self) -> tuple[str, ...] | None:
+        """What installs the dependencies, or None when nothing is to be installed."""
+        if self.custom_install is not None:
+            return shell(self.custom_install)
+        if self.install and self.package_manager is not None:
+            return self.package_manager.install
+        return None
 
 
 def _package_manager(package: dict[str, Any], paths: Collection[str]) -> PackageManager:
@@ -131,24 +167,34 @@ def _framework(
 
 
 def plan_build(
-    package_json: bytes | None, paths: Collection[str] = (), read: Callable[[str], bytes] | None = None
+    package_json: bytes | None,
+    paths: Collection[str] = (),
+    read: Callable[[str], bytes] | None = None,
+    settings: BuildSettings | None = None,
 ) -> BuildPlan:
-    """Decide how to build from the project's package.json (None when it has none) and its file names.
+    """Decide how to build from the project's package.json (None when it has none), its file names
+    and its own build settings, which win over what is detected.
 
     ``read`` returns the contents of one of ``paths``; it is called only for the few config files
     that decide the output (next.config.*).
     """
-    if package_json is None:
-        return BuildPlan()
-    try:
-        package = json.loads(package_json)
-    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise BuildFailed(f"package.json is not valid JSON: {exc}") from None
-    if not isinstance(package, dict):
-        raise BuildFailed("package.json must hold a JSON object")
-    scripts = package.get("scripts") or {}
-    if not isinstance(scripts, dict) or not scripts.get("build"):
-        return BuildPlan()
+    settings = settings or BuildSettings()
+    package = _package(package_json)
+    scripts = package.get("scripts") if package is not None else None
+    has_script = isinstance(scripts, dict) and bool(scripts.get("build"))
+    if not (has_script or settings.build_command):
+        # Nothing to build: the files (or those of the output directory) are the site.
+        return BuildPlan(static_dir=settings.output_directory or "")
+    if package is None:
+        # A build command without package.json (a shell script, a static site generator...).
+        return BuildPlan(
+            framework="custom",
+            title="The project's build command",
+            output_dirs=_output_dirs({}, (), settings),
+            env={"NODE_VERSION": settings.node_version} if settings.node_version else {},
+            custom_install=settings.install_command,
+            custom_build=settings.build_command,
+        )
     deps: set[str] = set()
     for key in ("dependencies", "devDependencies"):
         if isinstance(package.get(key), dict):
@@ -158,21 +204,44 @@ def plan_build(
         raise BuildFailed(f"cannot read {path}")
 
     framework, title, framework_dirs, env = _framework(deps, paths, read or no_reader)
-    settings = package.get("libraDeploy") or {}
-    explicit = settings.get("outputDir") if isinstance(settings, dict) else None
+    if settings.node_version:
+        env = {**env, "NODE_VERSION": settings.node_version}
+    return BuildPlan(
+        framework=framework,
+        title=title if settings.build_command is None else f"{title}, the project's build command",
+        package_manager=_package_manager(package, paths),
+        install=bool(deps),
+        output_dirs=_output_dirs(package, framework_dirs, settings),
+        env={"COREPACK_ENABLE_DOWNLOAD_PROMPT": "0", **env},
+        custom_install=settings.install_command,
+        custom_build=settings.build_command,
+    )
+
+
+def _package(package_json: bytes | None) -> dict[str, Any] | None:
+    if package_json is None:
+        return None
+    try:
+        package = json.loads(package_json)
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise BuildFailed(f"package.json is not valid JSON: {exc}") from None
+    if not isinstance(package, dict):
+        raise BuildFailed("package.json must hold a JSON object")
+    return package
+
+
+def _output_dirs(
+    package: dict[str, Any], framework_dirs: tuple[str, ...], settings: BuildSettings
+) -> tuple[str, ...]:
+    """outputDirectory, else libraDeploy.outputDir, else the framework's, else the usual ones."""
+    if settings.output_directory:
+        return (settings.output_directory,)
+    own = package.get("libraDeploy") or {}
+    explicit = own.get("outputDir") if isinstance(own, dict) else None
     if explicit is not None:
         if not isinstance(explicit, str) or not explicit.strip("./") or ".." in explicit.split("/"):
             raise BuildFailed(
                 f"libraDeploy.outputDir in package.json is not a directory of the project: {explicit!r}"
             )
-        output_dirs: tuple[str, ...] = (explicit.strip("/").removeprefix("./"),)
-    else:
-        output_dirs = (*framework_dirs, *(d for d in OUTPUT_CANDIDATES if d not in framework_dirs))
-    return BuildPlan(
-        framework=framework,
-        title=title,
-        package_manager=_package_manager(package, paths),
-        install=bool(deps),
-        output_dirs=output_dirs,
-        env={"COREPACK_ENABLE_DOWNLOAD_PROMPT": "0", **env},
-    )
+        return (explicit.strip("/").removeprefix("./"),)
+    return (*framework_dirs, *(d for d in OUTPUT_CANDIDATES if d not in framework_dirs))

@@ -11,6 +11,7 @@ and a test checks that they agree.
 
 from __future__ import annotations
 
+import base64
 import os
 import re
 from collections.abc import Mapping
@@ -210,6 +211,9 @@ class Settings:
     sse_keepalive_s: float = 15.0
     #: How often a live-log stream looks for new lines in the database.
     sse_poll_s: float = 0.5
+    #: Fernet keys of the build variables (ENCRYPTION_KEY, comma-separated): the first encrypts,
+    #: any of them decrypts, so a key is rotated by putting the new one first.
+    encryption_keys: tuple[str, ...] = field(default=(), repr=False)
     extra: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 
     @classmethod
@@ -306,6 +310,7 @@ class Settings:
             "webhook_timeout_s": _float(env, "WEBHOOK_TIMEOUT", 10.0, minimum=0.1),
             "sse_keepalive_s": _float(env, "SSE_KEEPALIVE_INTERVAL", 15.0, minimum=0.1),
             "sse_poll_s": _float(env, "SSE_POLL_INTERVAL", 0.5, minimum=0.05),
+            "encryption_keys": _fernet_keys(env, "ENCRYPTION_KEY"),
             "extra": dict(env),
         }
         values["rate_limit_storage_url"] = _rate_limit_storage(
@@ -393,6 +398,8 @@ class Settings:
                 value = redact_url(value)
             elif (f.name in SECRET_FIELDS or f.name == "metrics_token") and value:
                 value = "***"
+            elif f.name == "encryption_keys":
+                value = ["***"] * len(value)
             shown[f.name] = str(value) if isinstance(value, Path) else value
         return shown
 
@@ -409,6 +416,7 @@ class Settings:
                 found.add(password)
         if self.metrics_token:
             found.add(self.metrics_token)
+        found.update(self.encryption_keys)
         return found
 
 
@@ -530,6 +538,25 @@ def _domains(env: Mapping[str, str], name: str) -> tuple[str, ...]:
         if not re.fullmatch(r"[a-z0-9-]+(\.[a-z0-9-]+)+", domain):
             raise ConfigError(name, "must list domain names such as example.io (IDNA ASCII form)", domain)
     return domains
+
+
+def _fernet_keys(env: Mapping[str, str], name: str) -> tuple[str, ...]:
+    """Comma-separated Fernet keys (32 bytes, URL-safe base64), as Fernet.generate_key() makes them."""
+    keys = tuple(k.strip() for k in env.get(name, "").split(",") if k.strip())
+    for key in keys:
+        try:
+            if len(base64.urlsafe_b64decode(key.encode("ascii"))) == 32:
+                continue
+        except (ValueError, UnicodeEncodeError):
+            pass
+        # The value is a secret: the error names the setting, never shows the value.
+        raise ConfigError(
+            name,
+            "must hold Fernet keys (32 bytes, URL-safe base64; make one with "
+            '`python -c "from cryptography.fernet import Fernet; print(Fernet.generate_key().decode())"`)'
+            ", separated by commas",
+        )
+    return keys
 
 
 def _rate_limit_storage(raw: str, broker_url: str) -> str:

@@ -331,6 +331,8 @@ def status_body(
         body["customDomain"] = deployment.custom_domain
     if deployment.target_url:
         body["targetUrl"] = deployment.target_url
+    if deployment.build_variables is not None:
+        body["buildVariables"] = deployment.build_variables
     if isinstance(store, PresignedDownloads) and deployment.finished_at is not None:
         cleanup = next((s for s in deployment.steps if s.step == "cleanup"), None)
         if cleanup is not None and cleanup.status == StepStatus.COMPLETED:

@@ -147,6 +147,17 @@ class Project(Base):
     source_manifest: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
     #: Serve index.html (200) for a missing extension-less path when the site has no 404.html.
     spa_fallback: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
+    # Build settings (PATCH /projects/<id>); NULL means what the framework detection decides.
+    #: Run through ``sh -c`` in the sandbox instead of the package manager's install.
+    install_command: Mapped[str | None] = mapped_column(String(1000))
+    #: Run through ``sh -c`` in the sandbox instead of the package.json build script.
+    build_command: Mapped[str | None] = mapped_column(String(1000))
+    #: Where the build leaves the site, relative to the root directory.
+    output_directory: Mapped[str | None] = mapped_column(String(512))
+    #: The subfolder of the source the build runs in (a monorepo's package).
+    root_directory: Mapped[str | None] = mapped_column(String(512))
+    #: The Node.js version the project asks for, passed to the sandbox as NODE_VERSION.
+    node_version: Mapped[str | None] = mapped_column(String(40))
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
@@ -210,6 +221,8 @@ class Deployment(Base):
     pinned: Mapped[bool] = mapped_column(Boolean, default=False, server_default=false())
     #: When retention removed the deployment's files; the row stays as its record.
     expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: The build variables the build ran with, {name: version}: names only, never values.
+    build_variables: Mapped[dict[str, int] | None] = mapped_column(JSON)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)
 
     steps: Mapped[list[DeploymentStep]] = relationship(
@@ -388,3 +401,21 @@ class WebhookDelivery(Base):
     #: When the next attempt is due; the reaper republishes a pending delivery long past it.
     next_attempt_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     delivered_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+
+
+class ProjectVariable(Base):
+    """A build environment variable of a project, its value encrypted (Fernet, ENCRYPTION_KEY).
+
+    The value is never returned by the API once set; ``version`` counts its changes, so that a
+    deployment can record which value it was built with without recording the value.
+    """
+
+    __tablename__ = "project_variables"
+
+    project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), primary_key=True)
+    name: Mapped[str] = mapped_column(String(256), primary_key=True)
+    #: A Fernet token of {"project", "name", "value"}: a value copied to another row does not decrypt there.
+    ciphertext: Mapped[str] = mapped_column(Text)
+    version: Mapped[int] = mapped_column(Integer, default=1)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, default=utcnow, onupdate=utcnow)

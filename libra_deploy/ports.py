@@ -121,6 +121,9 @@ class PublishResult:
     #: The deployment's own immutable URL at the target (a Pages deployment URL, SITES_PUBLIC_URL
     #: plus its prefix), when the target gives it one.
     url: str | None = None
+    #: What the target could not do as asked (site rules it cannot carry out): the deployment's log
+    #: shows each as a warning.
+    warnings: tuple[str, ...] = ()
 
 
 @runtime_checkable

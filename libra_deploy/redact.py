@@ -21,7 +21,7 @@ import logging
 import re
 import threading
 import traceback
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping
 from typing import Any
 from urllib.parse import urlsplit
 
@@ -105,6 +105,25 @@ def register_secrets(values: Iterable[str]) -> None:
         # Longest first, so that a secret containing another is masked whole.
         alternatives = sorted(_secrets, key=len, reverse=True)
         _secret_pattern = re.compile("|".join(re.escape(v) for v in alternatives))
+
+
+def masker(values: Iterable[str]) -> Callable[[str], str]:
+    """A function that replaces ``values`` with the mask wherever they appear in a text.
+
+    For the secrets of one deployment (its build variables), which must be masked in what that
+    deployment shows but, unlike :func:`register_secrets`, not process-wide: a value registered for
+    every text would be masked in other organisations' logs too (telling them it is someone's
+    secret), and the local sandbox keeps registered values out of every build's environment. Each
+    line of a multi-line value is masked on its own too, since output arrives a line at a time.
+    Values shorter than MIN_SECRET_LENGTH are not masked: they would mask ordinary words.
+    """
+    pieces = {
+        v for value in values for v in (value, *value.splitlines()) if len(v.strip()) >= MIN_SECRET_LENGTH
+    }
+    if not pieces:
+        return lambda text: text
+    pattern = re.compile("|".join(re.escape(v) for v in sorted(pieces, key=len, reverse=True)))
+    return lambda text: pattern.sub(MASK, text) if text else text
 
 
 def redact_url(url: str) -> str:

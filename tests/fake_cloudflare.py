@@ -226,6 +226,12 @@ class FakeCloudflare:
                 part.get_param("name", header="content-disposition"): part for part in message.iter_parts()
             }
             manifest = json.loads(fields["manifest"].get_content())
+            for special in ("_headers", "_redirects"):
+                # wrangler sends each as a file part named after itself, outside the manifest.
+                if special in fields and fields[special].get_filename() != special:
+                    return self._problem(400, 8000096, f"{special} must be a file part named {special}")
+                if "/" + special in manifest:
+                    return self._problem(400, 8000096, f"{special} belongs in its own part, not the manifest")
             for path, digest in manifest.items():
                 if digest not in self.assets:
                     return self._problem(400, 8000096, f"manifest names {path} -> {digest}, never uploaded")

@@ -109,8 +109,9 @@ def use_sandbox_provider(runtime: Runtime, project_id: str, name: str) -> None:
         project.sandbox_provider = name
 
 
-def cli(*args: str, input: str | None = None) -> Any:
-    """Run ``libra-deploy`` in this process's environment (same database and broker as the tests)."""
+def cli(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Any:
+    """Run ``libra-deploy`` in this process's environment (same database and broker as the tests),
+    or in ``env`` when given."""
     import os
     import subprocess
     from pathlib import Path
@@ -118,7 +119,7 @@ def cli(*args: str, input: str | None = None) -> Any:
     executable = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "libra-deploy"
     return subprocess.run(
         [str(executable), *args],
-        env=dict(os.environ),
+        env=env if env is not None else dict(os.environ),
         input=input,
         capture_output=True,
         text=True,
@@ -251,3 +252,24 @@ def parse_sse(chunks: Any) -> Any:
                 yield SseEvent(fields["event"], json.loads(fields.get("data", "null")), fields.get("id"))
             elif comment:
                 yield None
+
+
+@contextmanager
+def service_on(env: dict[str, str]) -> Iterator[tuple[Runtime, Any]]:
+    """A runtime with ``env`` over the test environment, used by the worker; a test client of an app on it."""
+    import os
+
+    from libra_deploy.config import Settings
+    from tasks.runtime import get_runtime, set_runtime
+    from web import create_app
+
+    previous = get_runtime()
+    runtime = Runtime.from_settings(Settings.from_env({**os.environ, **env}))
+    set_runtime(runtime)
+    try:
+        app = create_app(runtime)
+        app.config["TESTING"] = True
+        yield runtime, app.test_client()
+    finally:
+        set_runtime(previous)
+        runtime.close()

@@ -69,6 +69,7 @@ def _url(rule: str, victim: Victim) -> str:
         "<sha256>": SOME_HASH,
         "<webhook_id>": victim.webhook_id,
         "<path:path>": "index.html",
+        "<name>": "API_URL",
     }
     url = rule
     for placeholder, value in values.items():
@@ -91,6 +92,9 @@ CROSS_ORG = {
     ("/projects/<project_id>/rollback", "POST"): (404, lambda v: {"json": {"deploymentId": v.deployment_id}}),
     ("/projects/<project_id>/files/check", "POST"): (404, lambda v: {"json": {"hashes": [SOME_HASH]}}),
     ("/projects/<project_id>/files/<sha256>", "PUT"): (404, lambda v: {"data": b"x"}),
+    ("/projects/<project_id>/env", "GET"): (404, lambda v: {}),
+    ("/projects/<project_id>/env/<name>", "PUT"): (404, lambda v: {"json": {"value": "theirs"}}),
+    ("/projects/<project_id>/env/<name>", "DELETE"): (404, lambda v: {}),
     ("/deployments/<deployment_id>/cancel", "POST"): (404, lambda v: {}),
     ("/deployments/<deployment_id>", "GET"): (404, lambda v: {}),
     ("/deployments/<deployment_id>/logs", "GET"): (404, lambda v: {}),

@@ -9,21 +9,15 @@ from __future__ import annotations
 
 import io
 import json
-import os
 import tarfile
-from contextlib import contextmanager
 
 import pytest
 import requests
 
-from libra_deploy.config import Settings
 from libra_deploy.models import DeadLetter
-from libra_deploy.runtime import Runtime
-from tasks.runtime import get_runtime, set_runtime
 from tests.fake_cloudflare import ACCOUNT, TOKEN, ZONE, FakeCloudflare
-from tests.helpers import cli, deploy, make_tenant, wait_for, wait_for_step
+from tests.helpers import cli, deploy, make_tenant, service_on, wait_for, wait_for_step
 from tests.s3_server import S3Server, refused_url
-from web import create_app
 
 
 @pytest.fixture(scope="module")
@@ -31,21 +25,6 @@ def s3():
     server = S3Server.start()
     yield server
     server.stop()
-
-
-@contextmanager
-def service_on(env: dict[str, str]):
-    """A runtime with ``env`` over the test environment, used by the worker; an app on it."""
-    previous = get_runtime()
-    runtime = Runtime.from_settings(Settings.from_env({**os.environ, **env}))
-    set_runtime(runtime)
-    try:
-        app = create_app(runtime)
-        app.config["TESTING"] = True
-        yield runtime, app.test_client()
-    finally:
-        set_runtime(previous)
-        runtime.close()
 
 
 BUILT_SITE = {

@@ -23,6 +23,7 @@ from web.api import (
     service,
     sites,
     templates,
+    variables,
     webhooks,
 )
 from web.openapi import Examples, OperationIds
@@ -89,6 +90,7 @@ def create_app(runtime: Runtime | None = None) -> Flask:
         files,
         webhooks,
         orgs,
+        variables,
         templates,
         metrics,
         sites,

@@ -45,6 +45,7 @@ PATH_PARAMETERS = {
     "project_id": ("A project id of your organisation", "prj_01jdq3v5y8m6c0d2rj6x1b7k9t"),
     "webhook_id": ("A webhook id of the project", "whk_01jdq3v5y8m6c0d2rj6x1b7k9t"),
     "org_id": ("Your organisation's id", "org_01jdq3v5y8m6c0d2rj6x1b7k9t"),
+    "name": ("A build variable's name (POSIX: letters, digits and _)", "API_BASE_URL"),
     "sha256": (
         "The file's SHA-256, 64 lower-case hexadecimal digits",
         "2c26b46b68ffc68ff99b453c1d30413413422d706483bfa0f98a5e886266e7ae",

@@ -156,6 +156,11 @@ class DeploymentStatusSchema(ma.Schema):
     expiredAt = fields.String(metadata={"description": "When retention removed its files"})
     customDomain = fields.String()
     targetUrl = fields.String(metadata={"description": "This deployment's own URL at the deploy target"})
+    buildVariables = fields.Dict(
+        keys=fields.String(),
+        values=fields.Integer(),
+        metadata={"description": "The build variables the build ran with: name -> version, never values"},
+    )
     logUrl = fields.String(metadata={"description": "A time-limited download of the full log"})
     artifactUrl = fields.String(metadata={"description": "A time-limited download of the build output"})
     createdAt = fields.String(allow_none=True)
@@ -168,6 +173,33 @@ SPA_FALLBACK = {
     "description": "Serve index.html (200) for a missing path without a file extension when the site "
     "has no 404.html, as single-page apps need",
     "example": True,
+}
+
+
+# Build settings: null or "" clears one (framework detection decides again).
+INSTALL_COMMAND = {
+    "description": "One line of shell run with sh -c in the sandbox instead of the package manager's "
+    "install; it gets the build variables",
+    "example": "npm ci --omit=optional",
+}
+BUILD_COMMAND = {
+    "description": "One line of shell run with sh -c in the sandbox instead of the package.json build "
+    "script; it gets the build variables",
+    "example": "npm run build:site",
+}
+OUTPUT_DIRECTORY = {
+    "description": "Where the build leaves the site, relative to rootDirectory; without a build, the "
+    "folder of the source to serve",
+    "example": "dist",
+}
+ROOT_DIRECTORY = {
+    "description": "The folder of the source the build runs in (a package of a monorepo)",
+    "example": "apps/web",
+}
+NODE_VERSION = {
+    "description": "The Node.js version the build asks for, passed as NODE_VERSION (a hint: the "
+    "sandbox's image decides)",
+    "example": "20",
 }
 
 
@@ -197,6 +229,11 @@ class ProjectUpdateSchema(ma.Schema):
 
     name = fields.String(validate=validate.Length(min=1, max=200))
     spa_fallback = fields.Boolean(data_key="spaFallback", metadata=SPA_FALLBACK)
+    install_command = fields.String(data_key="installCommand", allow_none=True, metadata=INSTALL_COMMAND)
+    build_command = fields.String(data_key="buildCommand", allow_none=True, metadata=BUILD_COMMAND)
+    output_directory = fields.String(data_key="outputDirectory", allow_none=True, metadata=OUTPUT_DIRECTORY)
+    root_directory = fields.String(data_key="rootDirectory", allow_none=True, metadata=ROOT_DIRECTORY)
+    node_version = fields.String(data_key="nodeVersion", allow_none=True, metadata=NODE_VERSION)
 
 
 class ProjectSchema(ma.Schema):
@@ -215,6 +252,11 @@ class ProjectSchema(ma.Schema):
     productionDeploymentId = fields.String(attribute="production_deployment_id", allow_none=True)
     fileCount = fields.Function(lambda p: len(p.source_manifest or {}))
     spaFallback = fields.Boolean(attribute="spa_fallback", metadata=SPA_FALLBACK)
+    installCommand = fields.String(attribute="install_command", allow_none=True, metadata=INSTALL_COMMAND)
+    buildCommand = fields.String(attribute="build_command", allow_none=True, metadata=BUILD_COMMAND)
+    outputDirectory = fields.String(attribute="output_directory", allow_none=True, metadata=OUTPUT_DIRECTORY)
+    rootDirectory = fields.String(attribute="root_directory", allow_none=True, metadata=ROOT_DIRECTORY)
+    nodeVersion = fields.String(attribute="node_version", allow_none=True, metadata=NODE_VERSION)
     createdAt = fields.DateTime(attribute="created_at")
     updatedAt = fields.DateTime(attribute="updated_at")
 
@@ -574,3 +616,29 @@ class DeliverySchema(ma.Schema):
 
 class DeliveryListSchema(ma.Schema):
     deliveries = fields.List(fields.Nested(DeliverySchema))
+
+
+class VariableValueSchema(ma.Schema):
+    class Meta:
+        unknown = ma.RAISE
+
+    value = fields.String(
+        required=True,
+        metadata={
+            "description": "The value; stored encrypted and never shown again",
+            "example": "https://api.example.io",
+        },
+    )
+
+
+class VariableSchema(ma.Schema):
+    """A build variable as the API shows it: its name, never its value."""
+
+    name = fields.String(metadata={"example": "API_URL"})
+    version = fields.Integer(metadata={"description": "How many times the value was set"})
+    createdAt = fields.DateTime(attribute="created_at")
+    updatedAt = fields.DateTime(attribute="updated_at")
+
+
+class VariableListSchema(ma.Schema):
+    variables = fields.List(fields.Nested(VariableSchema))

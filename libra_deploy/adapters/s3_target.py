@@ -11,6 +11,20 @@ deployment its own immutable URL. A file the live deployment already has is copi
 bucket (CopyObject: no bytes leave the service), so redeploying an unchanged site uploads nothing;
 only content the project never published is uploaded. Activating is one write of the ``live``
 object, and the service's /sites/ serves through it.
+
+A bucket cannot run the site's ``_headers`` and ``_redirects`` rules (the service's /sites/ applies
+them in full); what maps onto objects is translated when publishing, the rest is named in a warning
+of the deployment's log:
+
+* a header rule's Content-Type, Cache-Control, Content-Disposition, Content-Language and
+  Content-Encoding become the metadata of every object it matches (an ``index.html`` answers for
+  its directory's URL too); other headers, and rules for other hosts, cannot be carried;
+* a static redirect with status 301 or 308 becomes a redirect object (``WebsiteRedirectLocation``,
+  which S3 website endpoints answer with 301; a path of the site points into the deployment's own
+  prefix); a rule whose source is a file puts the redirect on that file's object, since rules come
+  before files. Temporary redirects (302, 303, 307: S3 would make them permanent), rewrites (200)
+  and rules with splats or placeholders cannot be. Cloudflare R2 serves objects without website
+  redirects, so there only the headers apply.
 """
 
 from __future__ import annotations
@@ -19,8 +33,9 @@ import json
 import re
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, BinaryIO, TypeVar, cast
 
@@ -29,12 +44,24 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
 from botocore.exceptions import ConnectionError as S3ConnectionError
 
-from libra_deploy import sites
+from libra_deploy import site_rules, sites
 from libra_deploy.config import Settings
 from libra_deploy.errors import ConfigError, ProviderError, provider_error
 from libra_deploy.ports import Manifest, ObjectStore, PublishResult, SiteFile
 
 _ID = re.compile(r"^[a-z]{2,5}_[0-9a-z]{26}$")
+#: The response headers an object's metadata sets, by lower-case name: the put_object parameter.
+OBJECT_HEADERS = {
+    "content-type": "ContentType",
+    "cache-control": "CacheControl",
+    "content-disposition": "ContentDisposition",
+    "content-language": "ContentLanguage",
+    "content-encoding": "ContentEncoding",
+}
+#: Redirect statuses a redirect object can stand for: S3 answers every one with 301.
+PERMANENT_REDIRECTS = frozenset({301, 308})
+#: Rule sources named in one warning, at most.
+SHOWN_SOURCES = 5
 _NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 #: Parallel uploads and copies while publishing.
 CONCURRENCY = 8
@@ -46,6 +73,118 @@ T = TypeVar("T")
 
 class _Missing(Exception):
     """The object asked for does not exist."""
+
+
+@dataclass
+class ObjectRules:
+    """A deployment's ``_headers`` and ``_redirects`` as its objects can carry them."""
+
+    #: Object parameters (headers, a redirect) of the files the rules touch, by path.
+    files: dict[str, dict[str, str]] = field(default_factory=dict)
+    #: Redirect objects where the site has no file: path -> WebsiteRedirectLocation.
+    redirects: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+    def params(self, path: str) -> dict[str, str]:
+        """The headers and redirect of one file's object."""
+        return self.files[path] if path in self.files else _default_headers(path)
+
+
+def _default_headers(path: str) -> dict[str, str]:
+    return {"ContentType": sites.content_type(path), "CacheControl": sites.cache_control(path)}
+
+
+def _answered_urls(path: str) -> list[str]:
+    """The URLs a file's object answers: its own, and its directory's for an index.html."""
+    urls = ["/" + path]
+    if path == "index.html" or path.endswith("/index.html"):
+        urls.append("/" + path.removesuffix("index.html"))
+    return urls
+
+
+def _listed(sources: list[str]) -> str:
+    shown = ", ".join(sources[:SHOWN_SOURCES])
+    return shown + (f" and {len(sources) - SHOWN_SOURCES} more" if len(sources) > SHOWN_SOURCES else "")
+
+
+def translate_rules(rules: site_rules.SiteRules, paths: Iterable[str], prefix: str) -> ObjectRules:
+    """Map the site's rules onto the objects of a deployment published under ``prefix``."""
+    translated = ObjectRules()
+    uncarried: dict[str, str] = {}  # lower-case header name -> its spelling
+    for path in paths:
+        actions = []
+        for rule in rules.headers:
+            if rule.pattern.host is not None:
+                continue
+            params = next(
+                (p for u in _answered_urls(path) if (p := rule.pattern.match("", u)) is not None), None
+            )
+            if params is not None:
+                values = tuple((name, site_rules.substitute(value, params)) for name, value in rule.set)
+                actions.append(site_rules.HeaderAction(set=values, unset=rule.unset))
+        if not actions:
+            continue
+        base = [("Content-Type", sites.content_type(path)), ("Cache-Control", sites.cache_control(path))]
+        object_params = {}
+        for name, value in site_rules.apply_headers(base, actions):
+            param = OBJECT_HEADERS.get(name.lower())
+            if param is None or not value.isascii():
+                uncarried.setdefault(name.lower(), name)
+            else:
+                object_params[param] = value
+        translated.files[path] = object_params
+    if uncarried:
+        translated.warnings.append(
+            f"_headers: {', '.join(sorted(uncarried.values()))} cannot be set on S3 objects (only "
+            "Content-Type, Cache-Control, Content-Disposition, Content-Language and Content-Encoding, "
+            "in ASCII); the service's /sites/ applies them"
+        )
+    other_hosts = [f"line {rule.line}" for rule in rules.headers if rule.pattern.host is not None]
+    if other_hosts:
+        translated.warnings.append(
+            f"_headers: rules for absolute URLs ({_listed(other_hosts)}) are not translated for S3"
+        )
+    _translate_redirects(rules, set(paths), prefix, translated)
+    return translated
+
+
+def _translate_redirects(
+    rules: site_rules.SiteRules, paths: set[str], prefix: str, translated: ObjectRules
+) -> None:
+    dynamic, rewrites, temporary = [], [], []
+    for rule in rules.redirects:
+        source = rule.source.text
+        if rule.source.dynamic:
+            dynamic.append(source)
+        elif rule.status == 200:
+            rewrites.append(source)
+        elif rule.status not in PERMANENT_REDIRECTS:
+            temporary.append(f"{source} ({rule.status})")
+        else:
+            destination = rule.destination
+            if destination.startswith("/"):
+                destination = f"/{prefix}{destination.removeprefix('/')}"
+            key = source.removeprefix("/")
+            if not key or key.endswith("/"):
+                key += "index.html"
+            if key in paths:
+                translated.files[key] = {**translated.params(key), "WebsiteRedirectLocation": destination}
+            else:
+                translated.redirects[key] = destination
+    if dynamic:
+        translated.warnings.append(
+            f"_redirects: rules with splats or placeholders ({_listed(dynamic)}) cannot be S3 redirect "
+            "objects"
+        )
+    if rewrites:
+        translated.warnings.append(
+            f"_redirects: rewrites (200) of {_listed(rewrites)} cannot be served by S3"
+        )
+    if temporary:
+        translated.warnings.append(
+            f"_redirects: temporary redirects of {_listed(temporary)} are not translated (an S3 redirect "
+            "object always answers 301, which browsers remember)"
+        )
 
 
 class S3Target:
@@ -167,6 +306,7 @@ class S3Target:
     ) -> PublishResult:
         self.check_bucket()
         prefix = self._prefix(project_id, deployment_id)
+        rules = self._object_rules(manifest, store, prefix)
         # A retried publish finds what its first attempt wrote; a deployment's files never change.
         present = self._list(prefix)
         sources: dict[str, str] = {}
@@ -188,14 +328,26 @@ class S3Target:
 
         def upload(path: str) -> int:
             data = store.get(f"blobs/{manifest[path]['sha256']}")
-            self._put(prefix + path, data, path, manifest[path]["sha256"])
+            self._put(prefix + path, data, manifest[path]["sha256"], rules.params(path))
             return len(data)
+
+        def redirect(path: str) -> None:
+            self._call(
+                f"write the redirect {path}",
+                self._client.put_object,
+                Bucket=self.bucket,
+                Key=prefix + path,
+                Body=b"",
+                ContentType="text/html; charset=utf-8",
+                WebsiteRedirectLocation=rules.redirects[path],
+            )
 
         with ThreadPoolExecutor(max_workers=CONCURRENCY) as pool:
             uploaded_bytes = sum(pool.map(upload, uploads.values()))
             for sha, path in uploads.items():
                 sources.setdefault(sha, prefix + path)
-            list(pool.map(lambda path: self._copy(sources, prefix, path, manifest, store), copies))
+            list(pool.map(lambda path: self._copy(sources, prefix, path, manifest, store, rules), copies))
+            list(pool.map(redirect, sorted(p for p in rules.redirects if prefix + p not in present)))
         body = json.dumps(manifest, sort_keys=True).encode()
         self._call(
             "write manifest",
@@ -208,22 +360,44 @@ class S3Target:
         url = None
         if self.public_url:
             url = f"{self.public_url}/{prefix}" + ("index.html" if "index.html" in manifest else "")
-        return PublishResult(uploaded_files=len(uploads), uploaded_bytes=uploaded_bytes, url=url)
+        return PublishResult(
+            uploaded_files=len(uploads),
+            uploaded_bytes=uploaded_bytes,
+            url=url,
+            warnings=tuple(rules.warnings),
+        )
 
-    def _put(self, key: str, data: bytes, path: str, sha: str) -> None:
+    @staticmethod
+    def _object_rules(manifest: Manifest, store: ObjectStore, prefix: str) -> ObjectRules:
+        texts = {
+            name: site_rules.decode(store.get(f"blobs/{manifest[name]['sha256']}"))
+            for name in site_rules.RULE_FILES
+            if name in manifest
+        }
+        if not texts:
+            return ObjectRules()
+        rules = site_rules.parse(texts.get(site_rules.REDIRECTS), texts.get(site_rules.HEADERS))
+        return translate_rules(rules, manifest.keys(), prefix)
+
+    def _put(self, key: str, data: bytes, sha: str, params: dict[str, str]) -> None:
         self._call(
-            f"upload {path}",
+            f"upload {key}",
             self._client.put_object,
             Bucket=self.bucket,
             Key=key,
             Body=data,
-            ContentType=sites.content_type(path),
-            CacheControl=sites.cache_control(path),
             Metadata={"sha256": sha},
+            **params,
         )
 
     def _copy(
-        self, sources: dict[str, str], prefix: str, path: str, manifest: Manifest, store: ObjectStore
+        self,
+        sources: dict[str, str],
+        prefix: str,
+        path: str,
+        manifest: Manifest,
+        store: ObjectStore,
+        rules: ObjectRules,
     ) -> None:
         sha = str(manifest[path]["sha256"])
         try:
@@ -234,13 +408,12 @@ class S3Target:
                 Key=prefix + path,
                 CopySource={"Bucket": self.bucket, "Key": sources[sha]},
                 MetadataDirective="REPLACE",
-                ContentType=sites.content_type(path),
-                CacheControl=sites.cache_control(path),
                 Metadata={"sha256": sha},
+                **rules.params(path),
             )
         except _Missing:
             # The source went away (an old deployment removed meanwhile): upload it after all.
-            self._put(prefix + path, store.get(f"blobs/{sha}"), path, sha)
+            self._put(prefix + path, store.get(f"blobs/{sha}"), sha, rules.params(path))
 
     def activate(self, project_id: str, deployment_id: str) -> None:
         self.check_bucket()

@@ -38,6 +38,7 @@ def _register() -> None:
 
     for command in (*operators.COMMANDS, *user.COMMANDS, dlq.dlq, maintenance.gc, up.up, up.migrate_command):
         main.add_command(command)
+    main.add_command(maintenance.variables)
 
 
 _register()

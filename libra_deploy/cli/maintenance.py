@@ -1,4 +1,4 @@
-"""Maintenance commands: ``libra-deploy gc``."""
+"""Maintenance commands: ``libra-deploy gc``, ``libra-deploy variables reencrypt``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ import json
 
 import click
 
-from libra_deploy import migrate
+from libra_deploy import build_variables, migrate
+from libra_deploy.cli.operators import database
 from libra_deploy.config import Settings
 from libra_deploy.retention import collect_garbage
 from libra_deploy.runtime import Runtime
@@ -39,3 +40,21 @@ def gc(dry_run: bool) -> None:
         click.echo(f"libra-deploy: gc could not finish project {error}", err=True)
     if report.errors:
         raise SystemExit(1)
+
+
+@click.group()
+def variables() -> None:
+    """Build variables."""
+
+
+@variables.command("reencrypt")
+def reencrypt() -> None:
+    """Encrypt every build variable again with the first key of ENCRYPTION_KEY.
+
+    Rotating the key: put the new key first in ENCRYPTION_KEY and the old one after it, restart,
+    run this, then drop the old key.
+    """
+    settings = Settings.from_env()
+    with database() as session:
+        count = build_variables.reencrypt(session, settings)
+    click.echo(f"re-encrypted {count} build variables with the first key of ENCRYPTION_KEY", err=True)

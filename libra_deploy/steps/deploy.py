@@ -50,6 +50,8 @@ def execute(ctx: StepContext) -> DeployResult:
         f"Published {len(manifest)} files to the {target.name} target "
         f"({published.uploaded_files} uploaded, {published.uploaded_bytes} bytes)"
     )
+    for warning in published.warnings:
+        ctx.log(warning, "warning")
     _check_site_rules(ctx, manifest)
     entry = "index.html" if "index.html" in manifest else next(iter(manifest))
     if target.open(project.id, deployment.id, entry) is None:

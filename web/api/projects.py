@@ -55,4 +55,6 @@ class ProjectById(MethodView):
         """Change a project's settings; the fields left out keep their values"""
         session = db()
         with session.begin():
-            return accounts.update_project(session, principal().org_id, project_id, body)
+            return accounts.update_project(
+                session, principal().org_id, project_id, body, settings=runtime().settings
+            )

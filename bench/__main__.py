@@ -27,7 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"== {name} ...", file=sys.stderr, flush=True)
         module = importlib.import_module(f"bench.{name}")
         results[name] = module.run(quick=args.quick)
-        print(f"== {name}: {time.monotonic() - started:.0f} s {results[name]}", file=sys.stderr, flush=True)
+        shown = {k: v for k, v in results[name].details.items() if k != "plans"}
+        print(
+            f"== {name}: {time.monotonic() - started:.0f} s: {results[name].entry()} {shown}", file=sys.stderr
+        )
     path = write_results(results, args.quick)
     print(table(results))
     print(f"\nwritten to {path}")

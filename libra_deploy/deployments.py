@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer, joinedload
 
 from libra_deploy import accounts, domains, uploads
 from libra_deploy.auth import Principal
@@ -165,6 +165,37 @@ def _store_blobs(store: ObjectStore, files: Sequence[IncomingFile]) -> None:
     for key in store.missing(blob_key(sha) for sha in blobs):
         sha = key.removeprefix("blobs/")
         store.put(key, blobs[sha])
+
+
+#: What /deploy-status never reads: the request and the manifests may list thousands of files, and a
+#: client polls the status every second or so.
+_NOT_IN_STATUS = (
+    Deployment.request,
+    Deployment.history_messages,
+    Deployment.source_manifest,
+    Deployment.output_manifest,
+)
+
+
+def deployment_status(
+    session: Session, settings: Settings, org_id: str, deployment_id: str
+) -> dict[str, Any]:
+    """The /deploy-status body of a deployment of the organisation (another organisation's is 404).
+
+    The deployment and its steps come in one query, without the columns the status does not show.
+    """
+    deployment = (
+        session.scalars(
+            select(Deployment)
+            .where(Deployment.id == deployment_id)
+            .options(joinedload(Deployment.steps), *(defer(column) for column in _NOT_IN_STATUS))
+        )
+        .unique()
+        .first()
+    )
+    if deployment is None or deployment.org_id != org_id:
+        raise NotFound(f"deployment {deployment_id} does not exist", code="DEPLOYMENT_NOT_FOUND")
+    return status_body(session, settings, deployment)
 
 
 def get_deployment(session: Session, org_id: str, deployment_id: str, *, lock: bool = False) -> Deployment:

@@ -9,7 +9,7 @@ from flask import url_for
 from flask.views import MethodView
 
 from libra_deploy.db import utcnow
-from libra_deploy.deployments import DeployRequest, get_deployment, start_deployment, status_body
+from libra_deploy.deployments import DeployRequest, deployment_status, start_deployment
 from libra_deploy.recovery import mark_unpublished
 from tasks.pipeline import start_deployment as enqueue
 from web.api import Blueprint
@@ -69,6 +69,4 @@ class DeployStatus(MethodView):
     @blp.alt_response(404, schema=ErrorSchema, description="No such deployment in your organisation")
     def get(self, query: dict[str, str]) -> dict[str, Any]:
         """Follow a deployment: status, steps, progress, recent log lines and the site URL"""
-        session = db()
-        deployment = get_deployment(session, principal().org_id, query["id"])
-        return status_body(session, runtime().settings, deployment)
+        return deployment_status(db(), runtime().settings, principal().org_id, query["id"])

@@ -130,12 +130,19 @@ class Stack:
         wait_until(lambda: _http_ok(url + "/health"), 60, f"{name} on {url}", interval=0.2)
         return url
 
-    def start_worker(self, name: str = "worker", app: str = "tasks", pool: str = "prefork") -> None:
+    def start_worker(
+        self,
+        name: str = "worker",
+        app: str = "tasks",
+        pool: str = "prefork",
+        env: dict[str, str] | None = None,
+    ) -> None:
         """A Celery worker as the Procfile runs it: concurrency 5, prefetch 1, late acks (celeryconfig)."""
         self.spawn(
             name,
             [str(BIN / "celery"), "-A", app, "worker", "-P", pool, "-c", "5", "-n", f"{name}@%h",
              "--without-mingle", "--without-gossip", "--loglevel", "WARNING"],
+            env,
         )  # fmt: skip
         wait_until(lambda: _celery_ready(self.broker_url, name), 60, f"worker {name}", interval=0.5)
 

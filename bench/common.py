@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import statistics
 import subprocess
 from collections.abc import Callable, Sequence
@@ -36,7 +37,7 @@ class Result:
 def percentile(values: Sequence[float], p: float) -> float:
     """The p-th percentile (0-100), nearest-rank, of a non-empty sequence."""
     ordered = sorted(values)
-    rank = max(1, min(len(ordered), round(p / 100 * len(ordered) + 0.5)))
+    rank = max(1, min(len(ordered), math.ceil(p / 100 * len(ordered))))
     return ordered[rank - 1]
 
 

@@ -172,7 +172,7 @@ def run(quick: bool) -> Result:
         print("\n".join(plan["plan"]), file=sys.stderr)
     status_plans = [p for p in plans if not p["query"].endswith("(slots.try_acquire)")]
     seq_scans = [p["query"][:80] for p in status_plans if any("Seq Scan" in line for line in p["plan"])]
-    errors = sum(r.errors for r in bare_runs + our_runs)
+    errors = sum(r.status_errors + r.socket_errors for r in bare_runs + our_runs)
     p99, bare_p99 = median([r.p99_ms for r in our_runs]), median([r.p99_ms for r in bare_runs])
     ratio = p99 / bare_p99
     return Result(

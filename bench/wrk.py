@@ -71,7 +71,10 @@ class Load:
     p99_ms: float
     mean_ms: float
     requests: int
-    errors: int
+    #: Answers that were not 2xx/3xx: a fault of the benchmark (say, a project reused) or the app.
+    status_errors: int
+    #: Connections refused, reset or timed out (10 s): what an overloaded server does.
+    socket_errors: int
 
 
 def ensure_wrk() -> str:
@@ -117,5 +120,6 @@ def run(
         p99_ms=summary["p99_us"] / 1000,
         mean_ms=summary["mean_us"] / 1000,
         requests=summary["requests"],
-        errors=summary["status_errors"] + summary["socket_errors"],
+        status_errors=summary["status_errors"],
+        socket_errors=summary["socket_errors"],
     )

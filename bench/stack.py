@@ -83,16 +83,33 @@ class Stack:
     def create(self) -> None:
         from libra_deploy.migrate import upgrade
 
-        self._redis = subprocess.Popen(
-            ["redis-server", "--bind", "127.0.0.1", "--port", str(self.redis_port), "--save", "",
-             "--appendonly", "no", "--dir", str(self.workdir)],
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )  # fmt: skip
-        wait_until(lambda: _answers(self.redis_port), 10, f"redis-server on port {self.redis_port}")
+        self._start_redis()
         with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
             conn.execute(f'CREATE DATABASE "{self.database}"')
         upgrade(self.database_url.replace("postgresql://", "postgresql+psycopg://"))
+
+    def _start_redis(self) -> None:
+        """Our own redis-server; on a machine where other suites pick spare ports too, make sure the
+        server answering on the port is ours (its pid), else try another port."""
+        for _ in range(5):
+            self._redis = subprocess.Popen(
+                ["redis-server", "--bind", "127.0.0.1", "--port", str(self.redis_port), "--save", "",
+                 "--appendonly", "no", "--dir", str(self.workdir)],
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+            )  # fmt: skip
+            pid = self._redis.pid
+            wait_until(
+                lambda: self._redis is None or self._redis.poll() is not None or _redis_pid(self.redis_port),
+                10,
+                f"redis-server on port {self.redis_port}",
+            )
+            if self._redis.poll() is None and _redis_pid(self.redis_port) == pid:
+                return
+            _stop(self._redis)
+            self.redis_port = free_port()
+            self.broker_url = self.env["CELERY_BROKER_URL"] = f"redis://127.0.0.1:{self.redis_port}/0"
+        raise RuntimeError("could not start a redis-server of our own")
 
     def close(self) -> None:
         for proc in self.procs.values():
@@ -170,13 +187,14 @@ def _celery_ready(broker_url: str, name: str) -> bool:
         probe.close()
 
 
-def _answers(port: int) -> bool:
+def _redis_pid(port: int) -> int | None:
+    """The pid of the redis-server answering on the port, if one does."""
+    import redis
+
     try:
-        with socket.create_connection(("127.0.0.1", port), timeout=0.5) as conn:
-            conn.sendall(b"PING\r\n")
-            return conn.recv(16).startswith(b"+PONG")
-    except OSError:
-        return False
+        return int(redis.Redis(port=port, socket_timeout=0.5).info("server")["process_id"])
+    except (redis.RedisError, OSError):
+        return None
 
 
 def _http_ok(url: str) -> bool:

@@ -94,7 +94,8 @@ class Stack:
         for _ in range(5):
             self._redis = subprocess.Popen(
                 ["redis-server", "--bind", "127.0.0.1", "--port", str(self.redis_port), "--save", "",
-                 "--appendonly", "no", "--dir", str(self.workdir)],
+                 "--appendonly", "no", "--dir", str(self.workdir),
+                 "--logfile", str(self.workdir / "redis.log")],
                 stdout=subprocess.DEVNULL,
                 stderr=subprocess.DEVNULL,
             )  # fmt: skip
@@ -221,7 +222,7 @@ def stack(name: str, overrides: dict[str, str] | None = None) -> Iterator[Stack]
         s.create()
         yield s
     except BaseException:
-        for proc_name in s.procs:
+        for proc_name in [*s.procs, "redis"]:
             print(f"--- {proc_name} log (last lines) ---\n{s.log(proc_name)[-3000:]}")
         raise
     finally:

@@ -33,11 +33,20 @@ NAME = "pipeline"
 
 
 def _bare_app(broker_url: str) -> ModuleType:
-    # celeryconfig reads the broker URL when first imported: give it this run's before that.
+    # celeryconfig reads the broker URL when it is loaded (on the app's first look at its settings):
+    # give it this run's. Then take it out of the environment again: Celery prefers
+    # CELERY_BROKER_URL to any broker an app is given, so it would outlive this benchmark's Redis.
+    previous = os.environ.get("CELERY_BROKER_URL")
     os.environ["CELERY_BROKER_URL"] = broker_url
-    from bench import bare_celery
+    try:
+        from bench import bare_celery
 
-    bare_celery.app.conf.broker_url = broker_url
+        bare_celery.app.conf.broker_url = broker_url
+    finally:
+        if previous is None:
+            del os.environ["CELERY_BROKER_URL"]
+        else:
+            os.environ["CELERY_BROKER_URL"] = previous
     return bare_celery
 
 

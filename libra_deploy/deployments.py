@@ -13,7 +13,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer, joinedload
 
 from libra_deploy import accounts, domains, quota, uploads, webhooks
 from libra_deploy.auth import Principal
@@ -189,6 +189,49 @@ def _store_blobs(store: ObjectStore, files: Sequence[IncomingFile]) -> None:
         store.put(key, blobs[sha])
 
 
+#: What /deploy-status never reads: the request and the manifests may list thousands of files, and a
+#: client polls the status every second or so.
+_NOT_IN_STATUS = (
+    Deployment.request,
+    Deployment.history_messages,
+    Deployment.source_manifest,
+    Deployment.output_manifest,
+)
+
+
+def deployment_status(
+    session: Session,
+    settings: Settings,
+    deployment_id: str,
+    *,
+    org_id: str | None,
+    store: ObjectStore | None = None,
+) -> dict[str, Any]:
+    """The /deploy-status body of a deployment of the organisation ``org_id``.
+
+    Another organisation's deployment is 404, unless DEPLOY_STATUS_PUBLIC makes every status public:
+    then a caller outside the organisation (or with no credentials, ``org_id`` None) gets the body
+    with its logs and errors redacted. The deployment and its steps come in one query, without the
+    columns the status does not show.
+    """
+    deployment = None
+    if is_plausible_id(deployment_id):
+        deployment = (
+            session.scalars(
+                select(Deployment)
+                .where(Deployment.id == deployment_id)
+                .options(joinedload(Deployment.steps), *(defer(column) for column in _NOT_IN_STATUS))
+            )
+            .unique()
+            .first()
+        )
+    if deployment is not None and org_id is not None and deployment.org_id == org_id:
+        return status_body(session, settings, deployment, store)
+    if deployment is not None and settings.deploy_status_public:
+        return status_body(session, settings, deployment, public=True)
+    raise NotFound(f"deployment {deployment_id} does not exist", code="DEPLOYMENT_NOT_FOUND")
+
+
 def get_deployment(session: Session, org_id: str, deployment_id: str, *, lock: bool = False) -> Deployment:
     """The deployment, if it belongs to the organisation. Another organisation's deployment is 404."""
     deployment = (
@@ -197,14 +240,6 @@ def get_deployment(session: Session, org_id: str, deployment_id: str, *, lock: b
         else None
     )
     if deployment is None or deployment.org_id != org_id:
-        raise NotFound(f"deployment {deployment_id} does not exist", code="DEPLOYMENT_NOT_FOUND")
-    return deployment
-
-
-def get_any_deployment(session: Session, deployment_id: str) -> Deployment:
-    """The deployment whatever its organisation: only for DEPLOY_STATUS_PUBLIC's public status."""
-    deployment = session.get(Deployment, deployment_id) if is_plausible_id(deployment_id) else None
-    if deployment is None:
         raise NotFound(f"deployment {deployment_id} does not exist", code="DEPLOYMENT_NOT_FOUND")
     return deployment
 

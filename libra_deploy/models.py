@@ -55,6 +55,9 @@ class DeploymentStatus(StrEnum):
     CANCELLED = "cancelled"
 
 
+#: The predicate of a deployment holding a sandbox slot (see slots.py), as the partial index has it.
+SLOT_HELD = "slot_acquired_at IS NOT NULL AND slot_released_at IS NULL"
+
 ACTIVE_STATUSES = (DeploymentStatus.QUEUED, DeploymentStatus.IN_PROGRESS)
 FINISHED_STATUSES = (DeploymentStatus.COMPLETED, DeploymentStatus.FAILED, DeploymentStatus.CANCELLED)
 
@@ -177,6 +180,14 @@ class Deployment(Base):
         Index("ix_deployments_project_id_created_at", "project_id", "created_at"),
         # History filtered by status (GET /projects/<id>/deployments?status=...), newest first.
         Index("ix_deployments_project_id_status_created_at", "project_id", "status", "created_at"),
+        # The sandbox slots held right now, which slots.try_acquire counts before every sandbox
+        # step: a handful of rows, found without reading every deployment ever made.
+        Index(
+            "ix_deployments_slot_held",
+            "slot_acquired_at",
+            postgresql_where=text(SLOT_HELD),
+            sqlite_where=text(SLOT_HELD),
+        ),
     )
 
     id: Mapped[str] = mapped_column(String(40), primary_key=True, default=lambda: new_id("dep"))

@@ -10,14 +10,7 @@ from flask.views import MethodView
 
 from libra_deploy import idempotency
 from libra_deploy.db import utcnow
-from libra_deploy.deployments import (
-    DeployRequest,
-    get_any_deployment,
-    get_deployment,
-    start_deployment,
-    status_body,
-)
-from libra_deploy.errors import NotFound
+from libra_deploy.deployments import DeployRequest, deployment_status, start_deployment
 from libra_deploy.recovery import mark_unpublished
 from tasks.pipeline import start_deployment as enqueue
 from web.api import Blueprint
@@ -122,16 +115,8 @@ class DeployStatus(MethodView):
         With DEPLOY_STATUS_PUBLIC set, anyone holding the id may read it; callers outside its
         organisation get its logs and errors redacted.
         """
-        session = db()
         rt = runtime()
         caller = maybe_principal()
-        if caller is not None:
-            try:
-                return status_body(
-                    session, rt.settings, get_deployment(session, caller.org_id, query["id"]), rt.store
-                )
-            except NotFound:
-                if not rt.settings.deploy_status_public:
-                    raise
-        deployment = get_any_deployment(session, query["id"])
-        return status_body(session, rt.settings, deployment, public=True)
+        return deployment_status(
+            db(), rt.settings, query["id"], org_id=caller.org_id if caller else None, store=rt.store
+        )

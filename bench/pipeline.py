@@ -1,0 +1,166 @@
+"""Deployments through the whole pipeline against bare six-task Celery chains, same broker and worker.
+
+Throughput: N deployments of a 3-file static site POSTed at once (8 client threads) through
+gunicorn, six tasks each on a Celery worker (prefork 5, the Procfile's), every step recorded in
+PostgreSQL, local sandbox, store and target; against N bare chains of six no-op tasks published at
+once to the same Redis, run by a worker of the same settings. Runs interleave A B A B; medians.
+
+Latency: one at a time, POST to ``finished_at`` of a completed deployment, against publish to the
+last no-op task of one bare chain (the issue's "12 ms"), interleaved per item.
+
+The sandbox-slot cap (MAX_CONCURRENT_DEPLOYMENTS, default 5) is raised to the batch size for this
+comparison: every slot is still taken and given back (the advisory lock, the counts, the writes),
+but no deployment waits for one, because the bare chain has no such throttle and waiting is not
+bookkeeping. A waiting deployment asks again every SLOT_WAIT_INTERVAL (1 s), so a burst at the
+default cap measures that interval; the full run reports one batch of 50 at the default cap beside.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import uuid
+from types import ModuleType
+
+import redis
+import requests
+
+from bench.common import Result, median, percentile, rounded
+from bench.stack import Stack, stack
+from bench.tenants import Tenant, make_tenant, post_deploy, post_many, wait_finished
+
+NAME = "pipeline"
+#: Deployments of the batch run at the default cap (each one waiting for a slot polls once a second).
+DEFAULT_CAP_BATCH = 50
+
+
+def _bare_app(broker_url: str) -> ModuleType:
+    # celeryconfig reads the broker URL when it is loaded (on the app's first look at its settings):
+    # give it this run's. Then take it out of the environment again: Celery prefers
+    # CELERY_BROKER_URL to any broker an app is given, so it would outlive this benchmark's Redis.
+    previous = os.environ.get("CELERY_BROKER_URL")
+    os.environ["CELERY_BROKER_URL"] = broker_url
+    try:
+        from bench import bare_celery
+
+        bare_celery.app.conf.broker_url = broker_url
+    finally:
+        if previous is None:
+            del os.environ["CELERY_BROKER_URL"]
+        else:
+            os.environ["CELERY_BROKER_URL"] = previous
+    return bare_celery
+
+
+def _bare_batch(bare_celery: ModuleType, r: redis.Redis, n: int) -> tuple[float, list[float]]:
+    ids = [uuid.uuid4().hex for _ in range(n)]
+    published: dict[str, float] = {}
+    start = time.time()
+    for unit in ids:
+        published[unit] = time.time()
+        bare_celery.bare_chain(unit).apply_async()
+    while r.hlen(bare_celery.DONE_KEY) < n:
+        time.sleep(0.005)
+    done = {k.decode(): float(v) for k, v in r.hgetall(bare_celery.DONE_KEY).items()}
+    r.delete(bare_celery.DONE_KEY)
+    end = max(done.values())
+    return n / (end - start), [done[u] - published[u] for u in ids]
+
+
+def _our_batch(s: Stack, url: str, tenant: Tenant, projects: list[str]) -> tuple[float, list[float]]:
+    start = time.time()
+    posted = post_many(url, tenant, projects)
+    finished = wait_finished(s, list(posted))
+    failed = [i for i, (status, _at) in finished.items() if status != "completed"]
+    if failed:
+        raise RuntimeError(f"{len(failed)} deployments did not complete, e.g. {failed[0]}")
+    end = max(at for _status, at in finished.values())
+    return len(projects) / (end - start), [finished[i][1] - posted[i] for i in posted]
+
+
+def _bare_one(bare_celery: ModuleType, r: redis.Redis) -> float:
+    unit = uuid.uuid4().hex
+    start = time.time()
+    bare_celery.bare_chain(unit).apply_async()
+    while (done := r.hget(bare_celery.DONE_KEY, unit)) is None:
+        time.sleep(0.001)
+    r.hdel(bare_celery.DONE_KEY, unit)
+    return float(done) - start
+
+
+def _our_one(s: Stack, session: requests.Session, url: str, tenant: Tenant, project_id: str) -> float:
+    start = time.time()
+    deployment_id = post_deploy(session, url, tenant, project_id)
+    status, finished_at = wait_finished(s, [deployment_id])[deployment_id]
+    if status != "completed":
+        raise RuntimeError(f"deployment {deployment_id} is {status}")
+    return finished_at - start
+
+
+def run(quick: bool, pool: str = "prefork") -> Result:
+    n, runs, sequential = (100, 2, 15) if quick else (200, 3, 40)
+    warmup = 10
+    with stack("pipeline", {"MAX_CONCURRENT_DEPLOYMENTS": str(n)}) as s:
+        url = s.start_web()
+        s.start_worker("worker", "tasks", pool)
+        s.start_worker("bare", "bench.bare_celery", pool)
+        bare = _bare_app(s.broker_url)
+        r = redis.Redis.from_url(s.broker_url)
+        tenant = make_tenant(s, projects=warmup + n * (runs + 1) + sequential)
+        projects = iter(tenant.project_ids)
+
+        # Warm both workers (every prefork child imports and connects on its first task).
+        _bare_batch(bare, r, warmup)
+        _our_batch(s, url, tenant, [next(projects) for _ in range(warmup)])
+
+        bare_rates, our_rates = [], []
+        load_latencies: list[float] = []
+        for _ in range(runs):
+            rate, _lat = _bare_batch(bare, r, n)
+            bare_rates.append(rate)
+            rate, lat = _our_batch(s, url, tenant, [next(projects) for _ in range(n)])
+            our_rates.append(rate)
+            load_latencies.extend(lat)
+
+        bare_lat, our_lat = [], []
+        with requests.Session() as session:
+            for _ in range(sequential):
+                bare_lat.append(_bare_one(bare, r))
+                our_lat.append(_our_one(s, session, url, tenant, next(projects)))
+
+        default_cap_rate = None
+        if not quick:
+            s.stop("worker")
+            s.start_worker("worker", "tasks", pool, env={"MAX_CONCURRENT_DEPLOYMENTS": "5"})
+            batch = [next(projects) for _ in range(DEFAULT_CAP_BATCH)]
+            default_cap_rate, _lat = _our_batch(s, url, tenant, batch)
+
+    rate, bare_rate = median(our_rates), median(bare_rates)
+    p50, bare_p50 = percentile(our_lat, 50), percentile(bare_lat, 50)
+    ratio = rate / bare_rate
+    met = ratio >= 0.6 and p50 <= 2 * bare_p50
+    return Result(
+        value=rounded(rate, 1),
+        baseline=rounded(bare_rate, 1),
+        ratio=rounded(ratio),
+        unit="deployments/s",
+        target=">= 0.6 x bare chains/s; POST-to-completed p50 <= 2 x bare chain",
+        met=met,
+        details={
+            "pool": f"{pool} 5",
+            "deployments_per_run": n,
+            "runs_deployments_per_s": [round(x, 1) for x in our_rates],
+            "runs_bare_chains_per_s": [round(x, 1) for x in bare_rates],
+            "one_at_a_time": sequential,
+            "post_to_completed_p50_ms": round(p50 * 1000, 1),
+            "post_to_completed_p95_ms": round(percentile(our_lat, 95) * 1000, 1),
+            "bare_chain_p50_ms": round(bare_p50 * 1000, 1),
+            "bare_chain_p95_ms": round(percentile(bare_lat, 95) * 1000, 1),
+            "latency_ratio_p50": round(p50 / bare_p50, 2),
+            "under_load_post_to_completed_p50_ms": round(percentile(load_latencies, 50) * 1000, 1),
+            "under_load_post_to_completed_p95_ms": round(percentile(load_latencies, 95) * 1000, 1),
+            "slot_cap": n,
+            "default_cap_5_deployments_per_s": rounded(default_cap_rate, 2),
+            "default_cap_batch": DEFAULT_CAP_BATCH,
+        },
+    )

@@ -17,19 +17,16 @@ from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
-from botocore.exceptions import ConnectionError as S3ConnectionError
+from botocore.exceptions import BotoCoreError, ClientError
 
+from libra_deploy.adapters._s3 import NOT_FOUND, ensure_bucket, error_code, make_client, s3_error
 from libra_deploy.config import Settings
-from libra_deploy.errors import ConfigError, ProviderError, provider_error
+from libra_deploy.errors import ProviderError
 from libra_deploy.ports import ObjectNotFound
 
 LOGS_PREFIX = "logs/"
 #: Parallel HEAD requests when checking which of many keys are missing.
 CHECK_CONCURRENCY = 8
-_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 
 
 class S3ObjectStore:
@@ -47,11 +44,8 @@ class S3ObjectStore:
     @classmethod
     def from_settings(cls, settings: Settings) -> S3ObjectStore:
         settings.require_adapter("OBJECT_STORE", "s3")
-        client = boto3.client(
-            "s3", config=Config(**settings.s3_botocore_config()), **settings.s3_client_options()
-        )
         store = cls(
-            client,
+            make_client(settings),
             artifacts_bucket=settings.artifacts_bucket,
             logs_bucket=settings.logs_bucket,
             create_buckets=settings.s3_create_buckets,
@@ -101,7 +95,7 @@ class S3ObjectStore:
             with body:
                 return bytes(body.read())
         except ClientError as exc:
-            if _code(exc) in _NOT_FOUND:
+            if error_code(exc) in NOT_FOUND:
                 raise ObjectNotFound(key) from None
             raise s3_error(f"get {key}", exc, bucket) from exc
         except BotoCoreError as exc:
@@ -112,7 +106,7 @@ class S3ObjectStore:
         try:
             self._client.head_object(Bucket=bucket, Key=key)
         except ClientError as exc:
-            if _code(exc) in _NOT_FOUND:
+            if error_code(exc) in NOT_FOUND:
                 return False
             raise s3_error(f"check {key}", exc, bucket) from exc
         except BotoCoreError as exc:
@@ -166,48 +160,3 @@ class S3ObjectStore:
             )
         except (ClientError, BotoCoreError) as exc:
             raise s3_error(f"sign {key}", exc, bucket) from exc
-
-
-def ensure_bucket(client: Any, bucket: str, setting: str, *, create: bool, region: str) -> None:
-    """Check that ``bucket`` exists; create it when ``create``, else raise ConfigError naming it."""
-    try:
-        client.head_bucket(Bucket=bucket)
-        return
-    except ClientError as exc:
-        if _code(exc) not in ("404", "NoSuchBucket", "NotFound"):
-            raise s3_error(f"check bucket {bucket}", exc, bucket) from exc
-    except BotoCoreError as exc:
-        raise s3_error(f"check bucket {bucket}", exc, bucket) from exc
-    if not create:
-        raise ConfigError(
-            setting, f"names bucket {bucket}, which does not exist (S3_CREATE_BUCKETS=1 creates it)"
-        )
-    options: dict[str, Any] = {"Bucket": bucket}
-    if region not in ("", "us-east-1"):
-        options["CreateBucketConfiguration"] = {"LocationConstraint": region}
-    try:
-        client.create_bucket(**options)
-    except ClientError as exc:
-        if _code(exc) not in ("BucketAlreadyOwnedByYou", "BucketAlreadyExists"):
-            raise s3_error(f"create bucket {bucket}", exc, bucket) from exc
-    except BotoCoreError as exc:
-        raise s3_error(f"create bucket {bucket}", exc, bucket) from exc
-
-
-def _code(exc: ClientError) -> str:
-    return str(exc.response.get("Error", {}).get("Code", ""))
-
-
-def s3_error(action: str, exc: ClientError | BotoCoreError, bucket: str) -> ProviderError:
-    """Map a botocore failure onto our retry policy (no answer, 429, 5xx: retryable)."""
-    if isinstance(exc, ClientError):
-        status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-        code = _code(exc)
-        if code == "NoSuchBucket":
-            return ProviderError(f"S3: bucket {bucket} does not exist", code="BUCKET_NOT_FOUND")
-        message = exc.response.get("Error", {}).get("Message") or code
-        return provider_error("S3", action, f"{code}: {message}", status=int(status) if status else None)
-    if isinstance(exc, S3ConnectionError | HTTPClientError):
-        return provider_error("S3", action, f"{type(exc).__name__}: {exc}", status=None)
-    # No credentials, a malformed parameter...: the same call cannot succeed later.
-    return ProviderError(f"S3: {action} failed: {exc}", code="PROVIDER_REJECTED")

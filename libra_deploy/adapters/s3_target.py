@@ -39,14 +39,12 @@ from dataclasses import dataclass, field
 from functools import partial
 from typing import Any, BinaryIO, TypeVar, cast
 
-import boto3
-from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError, HTTPClientError
-from botocore.exceptions import ConnectionError as S3ConnectionError
+from botocore.exceptions import BotoCoreError, ClientError
 
 from libra_deploy import site_rules, sites
+from libra_deploy.adapters._s3 import NOT_FOUND, ensure_bucket, error_code, make_client, s3_error
 from libra_deploy.config import Settings
-from libra_deploy.errors import ConfigError, ProviderError, provider_error
+from libra_deploy.errors import ProviderError
 from libra_deploy.ports import Manifest, ObjectStore, PublishResult, SiteFile
 
 _ID = re.compile(r"^[a-z]{2,5}_[0-9a-z]{26}$")
@@ -62,7 +60,6 @@ OBJECT_HEADERS = {
 PERMANENT_REDIRECTS = frozenset({301, 308})
 #: Rule sources named in one warning, at most.
 SHOWN_SOURCES = 5
-_NOT_FOUND = frozenset({"404", "NoSuchKey", "NotFound"})
 #: Parallel uploads and copies while publishing.
 CONCURRENCY = 8
 #: How long a process trusts the ``live`` pointer it read before reading it again.
@@ -212,11 +209,8 @@ class S3Target:
     @classmethod
     def from_settings(cls, settings: Settings) -> S3Target:
         settings.require_adapter("DEPLOY_TARGET", "s3")
-        client = boto3.client(
-            "s3", config=Config(**settings.s3_botocore_config()), **settings.s3_client_options()
-        )
         target = cls(
-            client,
+            make_client(settings),
             settings.sites_bucket,
             public_url=settings.sites_public_url,
             create_bucket=settings.s3_create_buckets,
@@ -236,23 +230,9 @@ class S3Target:
         with self._lock:
             if self._ready:
                 return
-        try:
-            self._call("check bucket", self._client.head_bucket, Bucket=self.bucket)
-        except _Missing:
-            if not self._create_bucket:
-                raise ConfigError(
-                    "SITES_BUCKET",
-                    f"names bucket {self.bucket}, which does not exist (S3_CREATE_BUCKETS=1 creates it)",
-                ) from None
-            options: dict[str, Any] = {"Bucket": self.bucket}
-            if self._region not in ("", "us-east-1"):
-                options["CreateBucketConfiguration"] = {"LocationConstraint": self._region}
-            try:
-                self._call("create bucket", self._client.create_bucket, **options)
-            except ProviderError as exc:
-                if "BucketAlreadyOwnedByYou" not in exc.message:
-                    raise
-        with self._lock:
+            ensure_bucket(
+                self._client, self.bucket, "SITES_BUCKET", create=self._create_bucket, region=self._region
+            )
             self._ready = True
 
     # Keys -----------------------------------------------------------------------------------------
@@ -275,22 +255,11 @@ class S3Target:
         try:
             return method(**params)
         except ClientError as exc:
-            code = str(exc.response.get("Error", {}).get("Code", ""))
-            if code in _NOT_FOUND:
+            if error_code(exc) in NOT_FOUND:
                 raise _Missing(params.get("Key", "")) from None
-            if code == "NoSuchBucket":
-                raise ProviderError(
-                    f"S3: bucket {self.bucket} does not exist", code="BUCKET_NOT_FOUND"
-                ) from None
-            status = exc.response.get("ResponseMetadata", {}).get("HTTPStatusCode")
-            message = exc.response.get("Error", {}).get("Message") or code
-            raise provider_error(
-                "S3", action, f"{code}: {message}", status=int(status) if status else None
-            ) from exc
-        except (S3ConnectionError, HTTPClientError) as exc:
-            raise provider_error("S3", action, f"{type(exc).__name__}: {exc}", status=None) from exc
+            raise s3_error(action, exc, self.bucket) from exc
         except BotoCoreError as exc:
-            raise ProviderError(f"S3: {action} failed: {exc}", code="PROVIDER_REJECTED") from exc
+            raise s3_error(action, exc, self.bucket) from exc
 
     def _list(self, prefix: str) -> set[str]:
         def collect() -> set[str]:

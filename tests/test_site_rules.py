@@ -248,9 +248,9 @@ def test_a_malformed_rule_file_deploys_with_warnings_in_the_log(client, runtime,
 
     with runtime.sessions() as session:
         warnings = session.scalars(
-            select(DeploymentLog.message).where(
-                DeploymentLog.deployment_id == deployment_id, DeploymentLog.level == "warning"
-            )
+            select(DeploymentLog.message)
+            .where(DeploymentLog.deployment_id == deployment_id, DeploymentLog.level == "warning")
+            .order_by(DeploymentLog.id)
         ).all()
     assert len(warnings) == 3, warnings
     assert warnings[0].startswith("_redirects line 2: expected `source destination [status]`")

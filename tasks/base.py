@@ -53,7 +53,8 @@ class StepTask(Task):
         if self.step == "cleanup" and outcome is Outcome.RAN:
             _publish_webhooks(runtime, deployment_id)
         if outcome is Outcome.WAITING:
-            # No sandbox slot is free: ask again shortly. No attempt was counted for this.
+            # No sandbox slot is free (or, for a cleanup, the cancelled step is still stopping):
+            # ask again shortly. No attempt was counted for this.
             raise self.retry(countdown=runtime.settings.slot_wait_s)
         if outcome in (Outcome.NOT_RUNNABLE, Outcome.DUPLICATE, Outcome.CANCELLED):
             # Nothing downstream of this message should run (cancel publishes its own cleanup).

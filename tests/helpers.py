@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import dataclasses
+import json
+import os
+import subprocess
 import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from libra_deploy import accounts, auth
@@ -112,10 +116,6 @@ def use_sandbox_provider(runtime: Runtime, project_id: str, name: str) -> None:
 def cli(*args: str, input: str | None = None, env: dict[str, str] | None = None) -> Any:
     """Run ``libra-deploy`` in this process's environment (same database and broker as the tests),
     or in ``env`` when given."""
-    import os
-    import subprocess
-    from pathlib import Path
-
     executable = Path(__file__).resolve().parents[1] / ".venv" / "bin" / "libra-deploy"
     return subprocess.run(
         [str(executable), *args],
@@ -178,15 +178,12 @@ def sleeping_build(seconds: float, marker: str) -> dict[str, str]:
         f"fs.writeFileSync('dist/index.html', 'built after {seconds} s'); }}, {int(seconds * 1000)});"
     )
     package = {"scripts": {"build": f"node build.js {marker}"}}
-    import json
 
     return {"package.json": json.dumps(package), "build.js": script}
 
 
 def build_processes(marker: str) -> list[int]:
     """Host pids of the live processes (not zombies) whose command line holds ``marker``."""
-    from pathlib import Path
-
     found = []
     for proc in Path("/proc").iterdir():
         if not proc.name.isdigit():
@@ -204,7 +201,6 @@ def build_processes(marker: str) -> list[int]:
 
 def slow_printing_build(lines: int, pause_s: float) -> dict[str, str]:
     """A package.json project whose build prints ``lines`` numbered lines, one every ``pause_s``."""
-    import json
 
     script = (
         "let i = 0; const t = setInterval(() => { i++; console.log('tick ' + i); "
@@ -216,7 +212,6 @@ def slow_printing_build(lines: int, pause_s: float) -> dict[str, str]:
 
 
 def failing_build() -> dict[str, str]:
-    import json
 
     return {
         "package.json": json.dumps({"scripts": {"build": "node build.js"}}),
@@ -233,7 +228,6 @@ class SseEvent:
 
 def parse_sse(chunks: Any) -> Any:
     """Yield Server-Sent Events (``event``, JSON ``data``, ``id``) and ``None`` for each comment."""
-    import json
 
     buffer = ""
     for chunk in chunks:
@@ -257,7 +251,6 @@ def parse_sse(chunks: Any) -> Any:
 @contextmanager
 def service_on(env: dict[str, str]) -> Iterator[tuple[Runtime, Any]]:
     """A runtime with ``env`` over the test environment, used by the worker; a test client of an app on it."""
-    import os
 
     from libra_deploy.config import Settings
     from tasks.runtime import get_runtime, set_runtime

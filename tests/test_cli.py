@@ -6,6 +6,7 @@ import os
 import signal
 import socket
 import subprocess
+import threading
 import time
 from pathlib import Path
 
@@ -239,3 +240,58 @@ def test_sessions_tokens_and_quotas_from_the_command_line(embedded_env):
     bad = run(embedded_env, "quota", "set", org_id, "lots")
     assert bad.returncode != 0
     assert bad.stdout == ""
+
+
+@pytest.mark.slow
+def test_a_fresh_clone_runs_as_the_readme_says(tmp_path, embedded_env):
+    """`git clone`, then `bin/up` (which installs into the clone's own .venv), then the README's
+    requests, with its data in the clone's ./.libra. `bin/test` is the other README command: CI
+    runs it on a fresh clone through .ci/run."""
+    clone = tmp_path / "clone"
+    subprocess.run(["git", "clone", "--quiet", str(ROOT), str(clone)], check=True, timeout=120)
+    env = {k: v for k, v in embedded_env.items() if k not in ("LIBRA_DATA_DIR", "VIRTUAL_ENV")}
+    proc = subprocess.Popen(
+        [str(clone / "bin" / "up")],
+        cwd=clone,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    printed: list[str] = []
+    # The installation takes a while: read what bin/up prints until it names the demo project.
+    reader = threading.Thread(target=lambda: printed.extend(iter(proc.stderr.readline, "")), daemon=True)
+    reader.start()
+    base = f"http://127.0.0.1:{env['PORT']}"
+    try:
+        deadline = time.monotonic() + 600
+        while not any("Project:" in line for line in printed):
+            assert proc.poll() is None, "".join(printed)
+            assert time.monotonic() < deadline, "bin/up was not ready in 10 minutes:\n" + "".join(printed)
+            time.sleep(0.5)
+        token = next(line.split()[-1] for line in printed if "Token:" in line)
+        project = next(line.split()[-1] for line in printed if "Project:" in line)
+        headers = {"Authorization": f"Bearer {token}"}
+        files = [
+            {"path": "index.html", "content": "<link rel=stylesheet href=site.css><h1>Hello</h1>"},
+            {"path": "site.css", "content": "h1 { color: teal }"},
+        ]
+        accepted = requests.post(
+            f"{base}/deploy", json={"projectId": project, "initFiles": files}, headers=headers, timeout=30
+        )
+        assert accepted.status_code == 202, accepted.text
+        status_url = f"{base}/deploy-status?id={accepted.json()['deploymentId']}"
+        status: dict = {}
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and status.get("status") not in ("completed", "failed"):
+            time.sleep(0.1)
+            status = requests.get(status_url, headers=headers, timeout=30).json()
+        assert status["status"] == "completed", status
+        assert requests.get(f"{base}/sites/{project}/", timeout=30).text.endswith("<h1>Hello</h1>")
+        assert requests.get(f"{base}/docs", timeout=30).status_code == 200
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+        reader.join(10)
+    assert code == 0, "".join(printed)
+    assert (clone / ".libra").is_dir()

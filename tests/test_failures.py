@@ -15,6 +15,7 @@ from libra_deploy.auth import Principal
 from libra_deploy.db import transaction
 from libra_deploy.deployments import DeployRequest, start_deployment
 from libra_deploy.models import DeadLetter, Deployment
+from tasks import dead_letters as broker_dead_letters
 from tests.conftest import STACK
 from tests.fakes import FaultySandbox
 from tests.helpers import (
@@ -85,6 +86,8 @@ def test_a_step_that_always_fails_is_dead_lettered_after_three_attempts(
     assert letter.message["task"] == "deploy.sandbox"
     assert letter.message["args"] == [deployment_id]
     assert letter.message["error"]["code"] == "PROVIDER_ERROR"
+    # On the broker itself, in deployment-dlq (the listing also shows the database's record).
+    assert letter.id in {envelope["id"] for envelope in broker_dead_letters.peek()}
     listed = json.loads(cli("dlq", "list", "--json").stdout)
     assert letter.id in {entry["id"] for entry in listed}
     assert not list(Path(settings.data_dir, "sandboxes").glob(f"*{deployment_id}*"))

@@ -123,13 +123,23 @@ def _follow(client, tenant, deployment_id, headers=None):
 
 @pytest.mark.stack
 @pytest.mark.slow
-def test_live_logs_stream_a_running_build_and_resume_after_the_last_event_id(client, tenant, worker):
+def test_live_logs_stream_a_running_build_and_resume_after_the_last_event_id(client, runtime, tenant, worker):
     deployment_id = deploy(client, tenant, slow_printing_build(8, 0.4), replaceFiles=True)
     wait_for_step(client, tenant, deployment_id, "build", "in_progress")
 
     response = _follow(client, tenant, deployment_id)
-    events = [e for e in parse_sse(response.response) if e is not None]
+    events = []
+    status_at_first_tick = None
+    for event in parse_sse(response.response):
+        if event is None:
+            continue
+        events.append(event)
+        if status_at_first_tick is None and event.event == "log" and event.data["message"] == "tick 1":
+            with runtime.sessions() as session:
+                status_at_first_tick = session.get(Deployment, deployment_id).status
     response.close()
+    # Streamed as the build printed it, not gathered until the deployment ended.
+    assert status_at_first_tick == "in_progress"
 
     logs = [e for e in events if e.event == "log"]
     ids = [int(e.id) for e in logs]

@@ -64,9 +64,11 @@ def test_the_service_on_the_s3_target_and_store(s3, runtime, worker):
             assert sorted(tar.getnames()) == ["assets/app-3f9a1c2b.js", "index.html"]
 
         s3.start_recording()
-        second = wait_for(client, tenant, deploy(client, tenant, {}), timeout=120)
+        # The same files again: the store has every blob, the target every built file.
+        second = wait_for(client, tenant, deploy(client, tenant, BUILT_SITE), timeout=120)
         assert second["status"] == "completed", second
         assert any("(0 uploaded, 0 bytes)" in line for line in second["logs"])
+        assert s3.uploads(env["ARTIFACTS_BUCKET"], "blobs/") == []
         # Counted by the server: no file bytes, only the new manifest and the pointer switch.
         writes = s3.uploads(env["SITES_BUCKET"], f"sites/{tenant.project_id}/")
         prefix = f"{env['SITES_BUCKET']}/sites/{tenant.project_id}"

@@ -11,9 +11,10 @@ from typing import Any
 
 import pytest
 import requests
+from sqlalchemy import select
 
 from libra_deploy.db import transaction
-from libra_deploy.models import DeadLetter, Deployment
+from libra_deploy.models import DeadLetter, Deployment, QuotaLedger
 from tests.helpers import Tenant, build_processes, make_tenant, new_project, sleeping_build, text_files
 from tests.service import Service, running_service, wait_until
 
@@ -78,8 +79,17 @@ def test_a_worker_killed_mid_build_is_replaced_and_the_deployment_completes_once
         assert body["status"] == "completed", body
         assert body["steps"]["build"]["attempts"] == 2
         assert body["logs"].count("build started") == 2
-        assert body["steps"]["deploy"]["attempts"] == 1  # published once
+        assert body["steps"]["deploy"]["attempts"] == 1
+        published = [
+            line for line in body["logs"] if line.startswith("Published 1 files to the local target")
+        ]
+        assert len(published) == 1, body["logs"]  # published once
         assert body["steps"]["cleanup"]["attempts"] == 1
+        with service.runtime.sessions() as session:
+            ledger = session.scalars(
+                select(QuotaLedger.kind).where(QuotaLedger.deployment_id == deployment_id)
+            ).all()
+        assert sorted(ledger) == ["consume", "reserve"]  # charged once, across the two workers
         assert not build_processes(marker), "the dead worker's build was left running"
         site = requests.get(body["url"], timeout=30)
         assert site.text == "built after 3 s"
@@ -157,6 +167,8 @@ def test_a_deployment_past_its_deadline_fails_with_deployment_timeout_and_its_bu
         marker = f"deadline-{uuid.uuid4().hex}"
         deployment_id = post(service, tenant, sleeping_build(60, marker))
         builds_started(service, tenant, deployment_id)
+        sandboxes = service.runtime.settings.data_dir / "sandboxes"
+        assert list(sandboxes.glob(f"*{deployment_id}*"))  # so that "gone" below means something
 
         body = wait_finished(service, tenant, deployment_id)
 
@@ -164,6 +176,13 @@ def test_a_deployment_past_its_deadline_fails_with_deployment_timeout_and_its_bu
         assert body["errorCode"] == "DEPLOYMENT_TIMEOUT"
         assert body["steps"]["build"]["status"] == "failed"
         wait_until(lambda: not build_processes(marker), 5, "the build to stop")
+        # Cleanup still ran after the timeout: the sandbox's directory is gone.
+        wait_until(
+            lambda: status(service, tenant, deployment_id)["steps"]["cleanup"]["status"] == "completed",
+            30,
+            "cleanup to complete",
+        )
+        assert not list(sandboxes.glob(f"*{deployment_id}*"))
 
 
 def test_a_step_whose_worker_dies_on_every_attempt_is_dead_lettered():

@@ -81,9 +81,11 @@ def test_two_deployments_side_by_side_and_promote_switches_with_no_upload_and_no
     assert f"Promoted to production by {tenant.user_id} (live before: {second})" in logs
 
 
-def test_rollback_goes_back_one_deployment_at_a_time(client, worker, tenant):
+def test_rollback_goes_back_one_deployment_at_a_time(client, worker, runtime, settings, tenant):
     v1, v2, v3 = (deploy_completed(client, tenant, _page(n)) for n in (1, 2, 3))
     site = f"/sites/{tenant.project_id}/"
+    files_before = _target_files(settings, tenant.project_id)
+    deployments_before = _deployment_count(runtime, tenant.project_id)
 
     back = _rollback(client, tenant)
     assert back.status_code == 200, back.get_json()
@@ -91,6 +93,9 @@ def test_rollback_goes_back_one_deployment_at_a_time(client, worker, tenant):
     assert client.get(site).get_data(as_text=True) == "<h1>version 2</h1>"
     assert _rollback(client, tenant).get_json()["deploymentId"] == v1
     assert client.get(site).get_data(as_text=True) == "<h1>version 1</h1>"
+    # Live at once: nothing was built (no new deployment) and nothing uploaded (no file written).
+    assert _deployment_count(runtime, tenant.project_id) == deployments_before
+    assert _target_files(settings, tenant.project_id) == files_before
 
     nothing = _rollback(client, tenant)
     assert nothing.status_code == 409

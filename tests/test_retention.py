@@ -184,7 +184,9 @@ def test_a_deployment_running_during_gc_completes(client, runtime, worker, tenan
     }
     running = deploy(client, tenant, files, replaceFiles=True)
     wait_for_step(client, tenant, running, "sync", "completed")
-    collector = _with(runtime, retention_keep=1)
+    # No grace: the running deployment's blobs are kept because it references them, not because
+    # they are recent.
+    collector = _with(runtime, retention_keep=1, gc_blob_grace_s=0)
     reports = []
     stop = threading.Event()
 

@@ -11,9 +11,11 @@ import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from libra_deploy.adapters.local_sandbox import LocalSandboxProvider, ResourceLimits
 from libra_deploy.errors import ConfigError
+from libra_deploy.models import DeadLetter
 from libra_deploy.ports import SandboxSpec
 from libra_deploy.redact import register_secrets
 from tests.helpers import custom_app, deploy, wait_for
@@ -301,6 +303,8 @@ function walk(dir, depth) {
 walk('../../', 0);
 fs.mkdirSync('dist', { recursive: true });
 fs.writeFileSync('dist/index.html', '<pre>' + found.join('\n') + '</pre>');
+// The site is served as built, unredacted: what the build saw of its environment, verbatim.
+fs.writeFileSync('dist/env.json', JSON.stringify(process.env));
 """
 
 
@@ -333,7 +337,15 @@ def test_a_build_finds_no_canary_in_its_environment_or_on_disk(
     assert "ENV {" in full_log
     assert "/walk.js " in full_log
     site = client.get(f"/sites/{tenant.project_id}/").get_data(as_text=True)
-    shown = [json.dumps(status), full_log, site]
+    seen_env = client.get(f"/sites/{tenant.project_id}/env.json").get_json()
+    # The log's copy of the environment is redacted, so the unredacted copy the build published
+    # is what shows the variable never reached it (not merely that redaction masked it).
+    assert "PATH" in seen_env
+    assert "CANARY_API_TOKEN" not in seen_env
+    assert "CANARY_API_TOKEN" not in full_log
+    with runtime.sessions() as session:
+        letters = [letter.message for letter in session.scalars(select(DeadLetter))]
+    shown = [json.dumps(status), full_log, site, json.dumps(seen_env), json.dumps(letters, default=str)]
     for text in shown:
         assert token not in text
         assert secret_text not in text

@@ -8,7 +8,8 @@ before and after), and the time from the first request to ``finished_at`` over t
 deployment's.
 
 Each deploy target is a :class:`Target` (its settings and how to count what it stores); the
-benchmark runs every target in ``TARGETS``.
+benchmark runs every target in ``TARGETS``: the local directory, and an S3 bucket on a loopback
+``moto_server``.
 """
 
 from __future__ import annotations
@@ -22,10 +23,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import boto3
 import requests
 
 from bench.common import Result, rounded
-from bench.stack import Stack, stack
+from bench.stack import BIN, Stack, free_port, stack, wait_until
 from bench.tenants import Tenant, make_tenant, wait_finished
 
 NAME = "redeploy"
@@ -46,7 +48,72 @@ def _local_objects(s: Stack, project_id: str) -> int:
     return sum(1 for _ in files.iterdir()) if files.is_dir() else 0
 
 
-TARGETS = [Target("local", lambda _s: {"DEPLOY_TARGET": "local"}, _local_objects)]
+#: The S3 target's bucket, on a moto_server of the benchmark's own.
+SITES_BUCKET = "libra-bench-sites"
+
+
+def _s3_client(env: dict[str, str]) -> Any:
+    return boto3.client(
+        "s3",
+        endpoint_url=env["S3_ENDPOINT_URL"],
+        region_name="us-east-1",
+        aws_access_key_id=env["S3_ACCESS_KEY_ID"],
+        aws_secret_access_key=env["S3_SECRET_ACCESS_KEY"],
+    )
+
+
+def _s3_environment(s: Stack) -> dict[str, str]:
+    """moto_server on a spare loopback port, spawned on the stack so that it stops with it, and the
+    settings of an S3 target on a bucket created there."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    server = s.spawn("moto", [str(BIN / "moto_server"), "-H", "127.0.0.1", "-p", str(port)])
+    wait_until(lambda: server.poll() is not None or _answers(url), 30, f"moto_server on {url}", interval=0.2)
+    if server.poll() is not None:
+        raise RuntimeError(f"moto_server exited with {server.returncode}: {s.log('moto')[-500:]}")
+    env = {
+        "DEPLOY_TARGET": "s3",
+        "S3_ENDPOINT_URL": url,
+        "S3_ACCESS_KEY_ID": "bench-access-key",
+        "S3_SECRET_ACCESS_KEY": "bench-secret-access-key",
+        "SITES_BUCKET": SITES_BUCKET,
+    }
+    _s3_client(env).create_bucket(Bucket=SITES_BUCKET)
+    return env
+
+
+def _answers(url: str) -> bool:
+    try:
+        requests.get(url, timeout=2)
+        return True
+    except requests.RequestException:
+        return False
+
+
+def _s3_objects(s: Stack, project_id: str) -> int:
+    """The distinct contents (ETags) of the project's files in the bucket (sites/<project>/<deployment>/...).
+
+    Every deployment has a prefix of its own, so a redeploy adds a key per file, copied inside the
+    bucket (CopyObject keeps the ETag, and sends no bytes): counting contents, as the local target's
+    files/<sha256> does, is what counts uploads. The manifests (_deployments/) and the live pointer
+    are not files of the site.
+    """
+    prefix = f"sites/{project_id}/"
+    pages = _s3_client(s.env).get_paginator("list_objects_v2").paginate(Bucket=SITES_BUCKET, Prefix=prefix)
+    return len(
+        {
+            item["ETag"]
+            for page in pages
+            for item in page.get("Contents", ())
+            if "/" in (key := item["Key"].removeprefix(prefix)) and not key.startswith("_deployments/")
+        }
+    )
+
+
+TARGETS = [
+    Target("local", lambda _s: {"DEPLOY_TARGET": "local"}, _local_objects),
+    Target("s3", _s3_environment, _s3_objects),
+]
 
 
 def site() -> dict[str, bytes]:
@@ -178,13 +245,16 @@ def run(quick: bool) -> Result:
         and m["ratio"] <= 0.2
         for m in measured.values()
     )
-    local = measured["local"]
+    # The row shows the target furthest from the time target, so that a miss shows in its numbers;
+    # every target's are in details.
+    worst = max(measured, key=lambda name: measured[name]["ratio"])
+    shown = measured[worst]
     return Result(
-        value=local["second_s"],
-        baseline=local["first_s"],
-        ratio=rounded(local["ratio"]),
-        unit="s (second deploy vs first)",
-        target="0 objects uploaded; time <= 0.2 x first",
+        value=shown["second_s"],
+        baseline=shown["first_s"],
+        ratio=rounded(shown["ratio"]),
+        unit=f"s (second deploy vs first; {worst}, the highest ratio of {' and '.join(measured)})",
+        target="on every target: 0 objects uploaded; time <= 0.2 x first",
         met=ok,
         details=measured,
     )

@@ -102,6 +102,20 @@ def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     return sessionmaker(bind=engine, expire_on_commit=False)
 
 
+def make_read_sessionmaker(engine: Engine) -> sessionmaker[Session]:
+    """Sessions for work that only reads, such as a request's credentials or a status poll.
+
+    On PostgreSQL their connections are in autocommit: every statement is a transaction of its own,
+    which saves a round trip for BEGIN and one for COMMIT (or the pool's ROLLBACK), and loses
+    nothing, since under READ COMMITTED each statement of a transaction takes its own snapshot
+    anyway. A write through one is committed as it executes, so only a write that stands alone in
+    one statement belongs there. SQLite has no round trips to save: the ordinary sessions.
+    """
+    if engine.dialect.name != "postgresql":
+        return make_sessionmaker(engine)
+    return make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+
+
 @contextmanager
 def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work: commit when the block ends normally, roll back when it raises."""

@@ -78,32 +78,28 @@ def limit_of(org: Organization, settings: Settings) -> int:
 def usage(session: Session, settings: Settings, org: Organization, period: str | None = None) -> Usage:
     """How much of the organisation's quota is used and reserved in ``period`` (this month by default)."""
     period = period or period_of(utcnow())
-    in_period = (QuotaLedger.org_id == org.id, QuotaLedger.period == period)
-    counts: dict[str, int] = {
-        kind: count
-        for kind, count in session.execute(
-            select(QuotaLedger.kind, func.count()).where(*in_period).group_by(QuotaLedger.kind)
-        )
-    }
     consumed = aliased(QuotaLedger)
-    # A release followed by a consumption (a replayed deployment that completed) is a use.
-    released_then_used = session.scalar(
-        select(func.count())
-        .select_from(QuotaLedger)
-        .where(
-            *in_period,
-            QuotaLedger.kind == RELEASE,
-            exists().where(consumed.deployment_id == QuotaLedger.deployment_id, consumed.kind == CONSUME),
-        )
-    )
-    used = counts.get(CONSUME, 0)
-    released = counts.get(RELEASE, 0) - (released_then_used or 0)
+    # One query (POST /deploy asks on every request, holding the organisation's lock): the rows of
+    # each kind, and the releases followed by a consumption (a replayed deployment that completed),
+    # which are uses.
+    row = session.execute(
+        select(
+            *(func.count().filter(QuotaLedger.kind == kind) for kind in (CONSUME, RESERVE, RELEASE)),
+            func.count().filter(
+                QuotaLedger.kind == RELEASE,
+                exists().where(consumed.deployment_id == QuotaLedger.deployment_id, consumed.kind == CONSUME),
+            ),
+        ).where(QuotaLedger.org_id == org.id, QuotaLedger.period == period)
+    ).one()
+    consumes, reserves, releases, released_then_used = (int(count or 0) for count in row)
+    used = consumes
+    released = releases - released_then_used
     start, end = period_bounds(period)
     return Usage(
         org_id=org.id,
         limit=limit_of(org, settings),
         used=used,
-        reserved=counts.get(RESERVE, 0) - used - released,
+        reserved=reserves - used - released,
         period=period,
         period_start=start,
         period_end=end,

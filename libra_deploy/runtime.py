@@ -9,7 +9,7 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from libra_deploy import registry
 from libra_deploy.config import Settings
-from libra_deploy.db import make_engine, make_sessionmaker
+from libra_deploy.db import make_engine, make_read_sessionmaker, make_sessionmaker
 from libra_deploy.ports import DeployTarget, ObjectStore, SandboxProvider
 
 
@@ -21,6 +21,11 @@ class Runtime:
     store: ObjectStore
     target: DeployTarget
     _sandboxes: dict[str, SandboxProvider] = field(default_factory=dict)
+    #: Sessions for pure reads (see :func:`libra_deploy.db.make_read_sessionmaker`).
+    read_sessions: sessionmaker[Session] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.read_sessions = make_read_sessionmaker(self.engine)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Runtime:

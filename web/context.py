@@ -20,6 +20,14 @@ def db() -> Session:
     return g.db
 
 
+def read_db() -> Session:
+    """The request's session for pure reads (autocommit on PostgreSQL: no BEGIN and COMMIT round
+    trips), opened on first use and closed at teardown."""
+    if "read_db" not in g:
+        g.read_db = runtime().read_sessions()
+    return g.read_db
+
+
 def principal() -> Principal:
     """The authenticated caller; views behind authentication may rely on it being set."""
     return g.principal
@@ -31,6 +39,7 @@ def maybe_principal() -> Principal | None:
 
 
 def close_db(_exc: BaseException | None = None) -> None:
-    session = g.pop("db", None)
-    if session is not None:
-        session.close()
+    for name in ("db", "read_db"):
+        session = g.pop(name, None)
+        if session is not None:
+            session.close()

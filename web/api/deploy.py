@@ -14,7 +14,7 @@ from libra_deploy.deployments import DeployRequest, deployment_status, start_dep
 from libra_deploy.recovery import mark_unpublished
 from tasks.pipeline import start_deployment as enqueue
 from web.api import Blueprint
-from web.context import db, maybe_principal, principal, runtime
+from web.context import db, maybe_principal, principal, read_db, runtime
 from web.limits import deploy_rate_limit
 from web.schemas import (
     DeployAcceptedSchema,
@@ -118,5 +118,5 @@ class DeployStatus(MethodView):
         rt = runtime()
         caller = maybe_principal()
         return deployment_status(
-            db(), rt.settings, query["id"], org_id=caller.org_id if caller else None, store=rt.store
+            read_db(), rt.settings, query["id"], org_id=caller.org_id if caller else None, store=rt.store
         )

@@ -38,6 +38,10 @@ def test_every_operation_answers_as_documented(app, runtime, mode):
             max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck), database=None
         )
         def answers_as_documented(case):
+            # No operation takes a Host header: one generated (negative mode sends headers nobody
+            # declared) breaks the test client's URL before the app is reached, testing nothing.
+            if case.headers:
+                case.headers = {k: v for k, v in case.headers.items() if k.lower() != "host"}
             case.call_and_validate(headers=caller.headers, excluded_checks=[positive_data_acceptance])
 
         try:

@@ -210,9 +210,12 @@ def _write_pending(runtime: Runtime, logs: LogBuffer) -> None:
 def _load(
     session: Session, deployment_id: str, step: str
 ) -> tuple[Deployment, DeploymentStep, Project] | None:
-    """The deployment (locked until the transaction ends), the step's row and its project.
+    """The deployment and the step's row (locked until the transaction ends), and its project.
 
-    One round trip instead of three: each costs as much as a no-op task's share of a chain.
+    One round trip instead of three: each costs as much as a no-op task's share of a chain. The
+    step's row is locked too, not only the deployment: a transaction that waited for the lock then
+    reads the row as the holder committed it, where PostgreSQL would give it the row of a table it
+    did not lock as it was before the wait (two copies of a message would both find it pending).
     """
     found = session.execute(
         select(Deployment, DeploymentStep, Project)
@@ -222,7 +225,7 @@ def _load(
         )
         .join(Project, Project.id == Deployment.project_id)
         .where(Deployment.id == deployment_id)
-        .with_for_update(of=Deployment)
+        .with_for_update(of=(Deployment, DeploymentStep))
     ).one_or_none()
     return None if found is None else (found[0], found[1], found[2])
 

@@ -48,18 +48,18 @@ def try_acquire(session: Session, deployment: Deployment, capacity: int, now: da
         return None
     if deployment.slot_requested_at is None:
         deployment.slot_requested_at = now
-    _serialise(session)
-    held = session.scalar(_held()) or 0
-    ahead = (
-        session.scalar(
-            select(func.count())
-            .select_from(Deployment)
-            .where(*_WAITING, Deployment.slot_requested_at < deployment.slot_requested_at)
-        )
-        or 0
+    ahead_of_it = (
+        select(func.count())
+        .select_from(Deployment)
+        .where(*_WAITING, Deployment.slot_requested_at < deployment.slot_requested_at)
     )
+    # Neither count includes this deployment, whatever its row says: no need to flush it first
+    # (the change is written once, with the rest of the step's, instead of twice).
+    with session.no_autoflush:
+        _serialise(session)
+        held, ahead = session.execute(select(_held().scalar_subquery(), ahead_of_it.scalar_subquery())).one()
     if held + ahead >= capacity:
-        return ahead
+        return int(ahead)
     deployment.slot_acquired_at = now
     return None
 

@@ -276,11 +276,13 @@ def _begin(
         return StepRun(Outcome.DUPLICATE)
     if (
         step == "cleanup"
+        and finished
         and fresh
         and any(other.status == StepStatus.IN_PROGRESS and other.step != step for other in deployment.steps)
     ):
         # Cancelled while a step runs: that step's worker stops it within a second or two; cleanup
-        # comes after it, so that the deployment's record ends in order.
+        # comes after it, so that the deployment's record ends in order. (A running deployment's
+        # cleanup comes after its deploy step: no step to wait for, and no step rows to load.)
         return StepRun(Outcome.WAITING, wait_s=settings.slot_wait_s)
     if row.status == StepStatus.IN_PROGRESS and row.attempts >= MAX_ATTEMPTS:
         # Every attempt so far ended with its worker gone: this message kills workers.
@@ -336,15 +338,18 @@ def _complete(
     if loaded is None:
         return []
     deployment, row, project = loaded
-    was_running = deployment.status not in FINISHED_STATUSES
-    record: Callable[..., None] = module.record
-    record(session, deployment, project, result)
     row.status = StepStatus.COMPLETED
     row.finished_at = utcnow()
     row.error = None
-    if was_running:
+    if deployment.status not in FINISHED_STATUSES:
         deployment.progress = PROGRESS[step]
     deployment.heartbeat_at = row.finished_at
+    record: Callable[..., None] = module.record
+    # What a step's record reads (the quota ledger, the project's webhooks) does not depend on the
+    # rows it changes: without autoflush before each such query, the deployment's changes are
+    # written in one UPDATE, not in one per query.
+    with session.no_autoflush:
+        record(session, deployment, project, result)
     write_lines(session, lines)
     if step == "cleanup" and deployment.slot_requested_at is not None:
         # Whether it held its slot or was still waiting for one (cancelled in the line), the line

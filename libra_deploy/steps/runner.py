@@ -13,11 +13,11 @@ A step runs in three short transactions around work that holds none:
    that gave a sandbox slot back names the waiters whose turn has come, for the task layer to wake
    once this transaction has committed.
 
-Two messages may carry the same step: a waiter's pending retry and the message that wakes it when
-a slot is handed over (also a copy the reaper published, or a broker's redelivery). Exactly one of
-them runs the step, and only that one goes on with the chain: a copy finds the step in progress
-under another task id (DUPLICATE) or completed under another task id (DONE_BY_ANOTHER), and stops.
-A redelivery of the message that completed the step has that step's task id: it goes on
+Two messages may carry the same step under different task ids: a waiter's pending retry and the
+message that wakes it when a slot is handed over, or a chain the reaper published again. Exactly
+one of them runs the step, and only that one goes on with the chain: the other finds the step in
+progress (DUPLICATE) or completed (DONE_BY_ANOTHER) under another task id, and stops. A broker's
+redelivery of the message that completed the step has that step's task id: it goes on
 (ALREADY_DONE), since its worker may have died before it published the next step.
 
 :func:`fail_attempt` records a failed attempt and decides, from the attempts recorded in the

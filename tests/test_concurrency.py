@@ -139,7 +139,7 @@ def _waiting_for_a_slot(client: Any, tenant: Any, deployment_id: str) -> None:
 def test_a_freed_slot_is_handed_to_the_next_in_line_at_once(one_slot):
     runtime, client = one_slot
     tenant = make_tenant(runtime)
-    first = deploy(client, tenant, sleeping_build(2, f"holder-{uuid.uuid4().hex}"))
+    first = deploy(client, tenant, sleeping_build(3, f"holder-{uuid.uuid4().hex}"))
     wait_for_step(client, tenant, first, "sandbox", "completed")
     second = deploy(client, tenant, {"index.html": "next"}, project_id=new_project(runtime, tenant))
     _waiting_for_a_slot(client, tenant, second)
@@ -156,7 +156,8 @@ def test_a_freed_slot_is_handed_to_the_next_in_line_at_once(one_slot):
 def test_the_line_for_a_slot_moves_in_order_one_at_a_time_past_a_cancelled_waiter(one_slot):
     runtime, client = one_slot
     tenant = make_tenant(runtime)
-    holder = deploy(client, tenant, sleeping_build(2, f"holder-{uuid.uuid4().hex}"))
+    # Its build lasts long enough for the four others to line up behind it, on a loaded machine too.
+    holder = deploy(client, tenant, sleeping_build(6, f"holder-{uuid.uuid4().hex}"))
     wait_for_step(client, tenant, holder, "sandbox", "completed")
     line = []
     for i in range(4):

@@ -135,7 +135,8 @@ class Settings:
     outbox_relay_interval_s: float = 5.0
     #: How often the reaper looks for lost deployments.
     reaper_interval_s: float = 15.0
-    #: How long a deployment waiting for a sandbox slot waits before asking again.
+    #: How long the first deployment in the line for a sandbox slot waits before asking again (those
+    #: further back wait longer, see slots.wait_s); a freed slot is handed over without waiting.
     slot_wait_s: float = 1.0
     #: How many log lines /deploy-status returns (the newest ones).
     status_log_lines: int = 100

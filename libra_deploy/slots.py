@@ -5,54 +5,108 @@ A deployment asks for a slot when it reaches its sandbox step and gives it back 
 destroyed the sandbox. The slot is a pair of timestamps on the deployment row, so it cannot be
 leaked by a dying worker: the reaper resumes or fails that deployment, and its cleanup frees it.
 Deployments that already hold a slot never wait; the others are served in the order they asked.
+
+A slot changes hands without polling: the cleanup that gives one back names the deployments whose
+turn has come (:func:`turn_come`), and the task layer publishes their sandbox step once that
+cleanup has committed. A waiter still asks again on its own (:func:`wait_s`), but seldom: that is
+the fallback for a hand-over that was never published, not the way the line moves.
 """
 
 from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import func, select, text
+from sqlalchemy import Select, case, func, select, text
 from sqlalchemy.orm import Session
 
+from libra_deploy.config import Settings
 from libra_deploy.models import Deployment, DeploymentStatus
 
 #: The transaction-scoped advisory lock that serialises slot grants on PostgreSQL (SQLite's
 #: BEGIN IMMEDIATE already serialises every writer).
 _ADVISORY_LOCK = 0x11B2A_510
+#: The longest a waiter waits before asking again. Under half the heartbeat timeout as well, since
+#: each ask is a waiter's heartbeat: a waiter must not look like a deployment whose worker died.
+MAX_WAIT_S = 30.0
+
+#: A deployment in the line for a slot: running, asked for one, not given one yet.
+_WAITING = (
+    Deployment.status == DeploymentStatus.IN_PROGRESS,
+    Deployment.slot_requested_at.is_not(None),
+    Deployment.slot_acquired_at.is_(None),
+)
 
 
 def holds_slot(deployment: Deployment) -> bool:
     return deployment.slot_acquired_at is not None and deployment.slot_released_at is None
 
 
-def try_acquire(session: Session, deployment: Deployment, capacity: int, now: datetime) -> bool:
-    """Take a free slot for ``deployment`` if its turn has come; record that it asked either way."""
+def try_acquire(session: Session, deployment: Deployment, capacity: int, now: datetime) -> int | None:
+    """Take a free slot for ``deployment`` if its turn has come and return None; else record that it
+    asked (once) and return how many deployments wait in the line ahead of it."""
     if holds_slot(deployment):
-        return True
+        return None
     if deployment.slot_requested_at is None:
         deployment.slot_requested_at = now
-    if session.get_bind().dialect.name == "postgresql":
-        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK})
-    held = session.scalar(
+    ahead_of_it = (
         select(func.count())
         .select_from(Deployment)
-        .where(Deployment.slot_acquired_at.is_not(None), Deployment.slot_released_at.is_(None))
+        .where(*_WAITING, Deployment.slot_requested_at < deployment.slot_requested_at)
     )
-    ahead = session.scalar(
-        select(func.count())
-        .select_from(Deployment)
-        .where(
-            Deployment.status == DeploymentStatus.IN_PROGRESS,
-            Deployment.slot_acquired_at.is_(None),
-            Deployment.slot_requested_at < deployment.slot_requested_at,
-        )
-    )
-    if (held or 0) + (ahead or 0) >= capacity:
-        return False
+    # Neither count includes this deployment, whatever its row says: no need to flush it first
+    # (the change is written once, with the rest of the step's, instead of twice).
+    with session.no_autoflush:
+        _serialise(session)
+        held, ahead = session.execute(select(_held().scalar_subquery(), ahead_of_it.scalar_subquery())).one()
+    if held + ahead >= capacity:
+        return int(ahead)
     deployment.slot_acquired_at = now
-    return True
+    return None
+
+
+def wait_s(settings: Settings, ahead: int) -> float:
+    """How long a waiter with ``ahead`` deployments before it waits before asking again.
+
+    Each full round of ``capacity`` deployments before it adds a SLOT_WAIT_INTERVAL: a waiter far
+    back asks seldom, as its turn is far off and the hand-over will call it anyway.
+    """
+    rounds = 1 + ahead // settings.max_concurrent_deployments
+    longest = max(settings.slot_wait_s, min(MAX_WAIT_S, settings.heartbeat_timeout_s / 2))
+    return min(settings.slot_wait_s * rounds, longest)
 
 
 def release(deployment: Deployment, now: datetime) -> None:
     if holds_slot(deployment):
         deployment.slot_released_at = now
+
+
+def turn_come(session: Session, capacity: int) -> list[str]:
+    """The waiters that may take a slot now, oldest first: as many as slots are free.
+
+    Called in the transaction that gives a slot back. Under the advisory lock, two cleanups that
+    give back a slot at the same moment count each other's release, and so call two waiters, not
+    the first one twice. Waking one that cannot take a slot after all costs one task, no more.
+    """
+    _serialise(session)
+    held = _held().scalar_subquery()
+    # One statement: it runs after every cleanup, and there is mostly nobody waiting.
+    free = case((held < capacity, capacity - held), else_=0)
+    return list(
+        session.scalars(
+            select(Deployment.id).where(*_WAITING).order_by(Deployment.slot_requested_at).limit(free)
+        )
+    )
+
+
+def _serialise(session: Session) -> None:
+    if session.get_bind().dialect.name == "postgresql":
+        session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK})
+
+
+def _held() -> Select[int]:
+    """How many slots are held."""
+    return (
+        select(func.count())
+        .select_from(Deployment)
+        .where(Deployment.slot_acquired_at.is_not(None), Deployment.slot_released_at.is_(None))
+    )

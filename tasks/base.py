@@ -10,7 +10,7 @@ from libra_deploy.errors import StepError, as_step_error
 from libra_deploy.retries import backoff_delay
 from libra_deploy.runtime import Runtime
 from libra_deploy.steps.runner import Outcome, fail_attempt, run_step
-from tasks.pipeline import enqueue_cleanup, publish_webhooks
+from tasks.pipeline import enqueue_cleanup, hand_over_slots, publish_webhooks
 from tasks.recovery import publish_dead_letter
 from tasks.runtime import get_runtime
 
@@ -33,7 +33,7 @@ class StepTask(Task):
     def run_step(self, deployment_id: str) -> None:
         runtime = get_runtime()
         try:
-            outcome = run_step(runtime, self.step, deployment_id, self.request.id)
+            run = run_step(runtime, self.step, deployment_id, self.request.id)
         except Exception as raw:
             error = as_step_error(raw)
             if error.code == "INTERNAL_ERROR":
@@ -50,14 +50,22 @@ class StepTask(Task):
                 # The chain stops here; cleanup still has to release the sandbox and the slot.
                 enqueue_cleanup(deployment_id)
             raise error from None
-        if self.step == "cleanup" and outcome is Outcome.RAN:
+        if self.step == "cleanup" and run.outcome is Outcome.RAN:
+            # The slot it gave back goes to the next in line now, rather than at that one's next ask.
+            hand_over_slots(run.woken)
             _publish_webhooks(runtime, deployment_id)
-        if outcome is Outcome.WAITING:
+        if run.outcome is Outcome.WAITING:
             # No sandbox slot is free (or, for a cleanup, the cancelled step is still stopping):
-            # ask again shortly. No attempt was counted for this.
-            raise self.retry(countdown=runtime.settings.slot_wait_s)
-        if outcome in (Outcome.NOT_RUNNABLE, Outcome.DUPLICATE, Outcome.CANCELLED):
-            # Nothing downstream of this message should run (cancel publishes its own cleanup).
+            # ask again later. No attempt was counted for this.
+            raise self.retry(countdown=run.wait_s)
+        if run.outcome in (
+            Outcome.NOT_RUNNABLE,
+            Outcome.DUPLICATE,
+            Outcome.DONE_BY_ANOTHER,
+            Outcome.CANCELLED,
+        ):
+            # Nothing downstream of this message should run: the message that runs (or ran) the
+            # step goes on with the chain; cancel publishes its own cleanup.
             self.request.chain = None
 
 

@@ -39,6 +39,23 @@ def enqueue_cleanup(deployment_id: str) -> None:
     app.signature("deploy.cleanup", args=(deployment_id,), immutable=True).apply_async(retry=False)
 
 
+def hand_over_slots(deployment_ids: tuple[str, ...]) -> None:
+    """Wake the waiters whose turn for a sandbox slot has come. Call after the commit that freed it.
+
+    Each gets its chain again from its sandbox step on, not the sandbox step alone: the waiter's
+    pending retry carries the rest of its chain too, but it may be due only in slots.MAX_WAIT_S; the
+    chain must not wait for it. So two messages carry the chain, and the step's row decides: the one
+    that runs the sandbox step goes on, the other finds the step in progress or completed under
+    another task id and stops there (libra_deploy.steps.runner). A wake-up that cannot be
+    published is only a delay: the waiter's retry still asks for the slot.
+    """
+    for deployment_id in deployment_ids:
+        try:
+            start_deployment(deployment_id, "sandbox")
+        except Exception:
+            logger.warning("could not hand a sandbox slot over to %s", deployment_id, exc_info=True)
+
+
 def revoke(task_id: str) -> None:
     """Tell the workers not to start ``task_id`` (best effort: the embedded broker has no broadcast)."""
     try:

@@ -1,16 +1,32 @@
-"""Concurrent POSTs for one project: exactly one is accepted, the database decides."""
+"""Concurrency decided by the database: one active deployment per project, the sandbox-slot line."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import time
+import uuid
+from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from threading import Barrier
+from typing import Any
 
 import pytest
 import requests
+from sqlalchemy import func, select
 
-from tests.helpers import make_tenant, text_files
+from libra_deploy.models import Deployment, DeploymentStatus
+from libra_deploy.runtime import Runtime
+from tests.helpers import (
+    deploy,
+    make_tenant,
+    new_project,
+    service_on,
+    sleeping_build,
+    text_files,
+    wait_for,
+    wait_for_step,
+)
 
 pytestmark = pytest.mark.stack
 
@@ -62,3 +78,105 @@ def test_twenty_concurrent_posts_give_one_202_and_nineteen_409(live_url, runtime
                 break
             time.sleep(0.1)
     assert status["status"] == "completed", status
+
+
+#: Longer than any test below may take: a deployment that finishes had its slot handed over, it did
+#: not ask again.
+SLOT_POLL_S = 30
+
+
+@pytest.fixture
+def one_slot(worker: Any) -> Iterator[tuple[Runtime, Any]]:
+    """The worker and an app with a single sandbox slot, whose waiters ask again only every 30 s."""
+    with service_on({"MAX_CONCURRENT_DEPLOYMENTS": "1", "SLOT_WAIT_INTERVAL": str(SLOT_POLL_S)}) as (
+        runtime,
+        client,
+    ):
+        _wait_until_no_slot_is_taken(runtime)
+        yield runtime, client
+
+
+def _wait_until_no_slot_is_taken(runtime: Runtime) -> None:
+    """Deployments of earlier tests may still be finishing; the line must start empty."""
+    deadline = time.monotonic() + 60
+    while True:
+        with runtime.sessions() as session:
+            busy = session.scalar(
+                select(func.count())
+                .select_from(Deployment)
+                .where(
+                    Deployment.slot_requested_at.is_not(None),
+                    Deployment.slot_released_at.is_(None),
+                    Deployment.status == DeploymentStatus.IN_PROGRESS,
+                )
+            )
+        if not busy:
+            return
+        assert time.monotonic() < deadline, (
+            f"{busy} deployments of earlier tests still hold or wait for a slot"
+        )
+        time.sleep(0.2)
+
+
+def _slots(runtime: Runtime, ids: list[str]) -> dict[str, Deployment]:
+    with runtime.sessions() as session:
+        rows = session.scalars(select(Deployment).where(Deployment.id.in_(ids))).all()
+        session.expunge_all()
+    return {row.id: row for row in rows}
+
+
+def _waiting_for_a_slot(client: Any, tenant: Any, deployment_id: str) -> None:
+    """Wait until the deployment asked for a slot and was refused (its next ask is 30 s away)."""
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        body = client.get(f"/deploy-status?id={deployment_id}", headers=tenant.headers).get_json()
+        if "Waiting for a free sandbox slot" in body["logs"]:
+            return
+        time.sleep(0.05)
+    raise AssertionError(f"{deployment_id} never waited for a slot: {body}")
+
+
+def test_a_freed_slot_is_handed_to_the_next_in_line_at_once(one_slot):
+    runtime, client = one_slot
+    tenant = make_tenant(runtime)
+    first = deploy(client, tenant, sleeping_build(3, f"holder-{uuid.uuid4().hex}"))
+    wait_for_step(client, tenant, first, "sandbox", "completed")
+    second = deploy(client, tenant, {"index.html": "next"}, project_id=new_project(runtime, tenant))
+    _waiting_for_a_slot(client, tenant, second)
+
+    assert wait_for(client, tenant, first)["status"] == "completed"
+    assert wait_for(client, tenant, second, timeout=SLOT_POLL_S / 2)["status"] == "completed"
+
+    rows = _slots(runtime, [first, second])
+    handed_over = rows[second].slot_acquired_at - rows[first].slot_released_at
+    assert handed_over.total_seconds() < 5, handed_over
+    assert rows[first].sandbox_destroyed_at <= rows[second].sandbox_created_at
+
+
+def test_the_line_for_a_slot_moves_in_order_one_at_a_time_past_a_cancelled_waiter(one_slot):
+    runtime, client = one_slot
+    tenant = make_tenant(runtime)
+    # Its build lasts long enough for the four others to line up behind it, on a loaded machine too.
+    holder = deploy(client, tenant, sleeping_build(6, f"holder-{uuid.uuid4().hex}"))
+    wait_for_step(client, tenant, holder, "sandbox", "completed")
+    line = []
+    for i in range(4):
+        files = {"index.html": f"waiter {i}"}
+        line.append(deploy(client, tenant, files, project_id=new_project(runtime, tenant)))
+        _waiting_for_a_slot(client, tenant, line[-1])
+    cancelled = line.pop(1)
+    response = client.post(f"/deployments/{cancelled}/cancel", headers=tenant.headers)
+    assert response.status_code == 202, response.get_json()
+
+    for deployment_id in [holder, *line]:
+        assert wait_for(client, tenant, deployment_id, timeout=SLOT_POLL_S / 2)["status"] == "completed"
+    assert wait_for(client, tenant, cancelled)["status"] == "cancelled"
+
+    rows = _slots(runtime, [holder, *line, cancelled])
+    assert rows[cancelled].slot_acquired_at is None
+    served = sorted([holder, *line], key=lambda d: rows[d].slot_acquired_at)
+    assert served == [holder, *line]
+    for before, after in itertools.pairwise(served):
+        # One slot: each sandbox is created after the one before it was destroyed.
+        assert rows[before].sandbox_destroyed_at <= rows[after].sandbox_created_at
+        assert (rows[after].slot_acquired_at - rows[before].slot_released_at).total_seconds() < 5

@@ -129,8 +129,12 @@ def test_redelivered_steps_and_repeated_failures_settle_once(client, runtime, wo
     tenant = make_tenant(runtime)
     done = deploy(client, tenant, {"index.html": "once"})
     assert wait_for(client, tenant, done)["status"] == "completed"
-    # A redelivered cleanup finds its step completed and does nothing.
-    assert run_step(runtime, "cleanup", done) is Outcome.ALREADY_DONE
+    # A redelivered cleanup (the same task id) finds its step completed and does nothing.
+    with runtime.sessions() as session:
+        task_id = session.scalars(
+            select(DeploymentStep.task_id).filter_by(deployment_id=done, step="cleanup")
+        ).one()
+    assert run_step(runtime, "cleanup", done, task_id).outcome is Outcome.ALREADY_DONE
     assert _ledger(runtime, [done]) == Counter({"reserve": 1, "consume": 1})
 
     failing = queued_deployment(runtime, tenant, new_project(runtime, tenant))

@@ -43,7 +43,6 @@ def record(session: Session, deployment: Deployment, project: Project, result: N
     slots.release(deployment, now)
     if deployment.status == DeploymentStatus.IN_PROGRESS:
         deployment.status = DeploymentStatus.COMPLETED
-        quota.consume(session, deployment.id)
         deployment.current_step = None
         project.deployment_status = ProjectStatus.DEPLOYED
         elapsed = (now - (deployment.started_at or deployment.created_at)).total_seconds()
@@ -54,5 +53,7 @@ def record(session: Session, deployment: Deployment, project: Project, result: N
                 message=f"Deployment completed in {elapsed:.1f} s",
             )
         )
+        # Last of the changes: it flushes them all, the ledger's row with the deployment's.
+        quota.consume(session, deployment.id)
         # In the transaction that completes the deployment: the event cannot be lost or invented.
         webhooks.record_event(session, deployment, "deployment.completed")

@@ -9,7 +9,16 @@ A step runs in three short transactions around work that holds none:
    given up. Only then is the step marked in_progress, with its attempt counted;
 2. *execute* does the step's own work, watched by the process's :class:`StepMonitor` (heartbeats,
    cancellation) and bounded by the step's deadline;
-3. *record* writes the step's results, marks it completed, and moves the progress on.
+3. *record* writes the step's results, marks it completed, and moves the progress on; a cleanup
+   that gave a sandbox slot back names the waiters whose turn has come, for the task layer to wake
+   once this transaction has committed.
+
+Two messages may carry the same step under different task ids: a waiter's pending retry and the
+message that wakes it when a slot is handed over, or a chain the reaper published again. Exactly
+one of them runs the step, and only that one goes on with the chain: the other finds the step in
+progress (DUPLICATE) or completed (DONE_BY_ANOTHER) under another task id, and stops. A broker's
+redelivery of the message that completed the step has that step's task id: it goes on
+(ALREADY_DONE), since its worker may have died before it published the next step.
 
 :func:`fail_attempt` records a failed attempt and decides, from the attempts recorded in the
 database (so crashes count as well as errors), whether the step is tried again.
@@ -57,8 +66,10 @@ MAX_LOG_LINE = 4000
 
 class Outcome(StrEnum):
     RAN = "ran"
-    #: The step had completed before (a redelivery): nothing was done, the chain goes on.
+    #: This message had completed the step before (a redelivery): nothing was done, the chain goes on.
     ALREADY_DONE = "already_done"
+    #: Another message completed the step, and its worker went on with the chain: this copy stops.
+    DONE_BY_ANOTHER = "done_by_another"
     #: The deployment is finished (failed, cancelled) or gone: the step did not run.
     NOT_RUNNABLE = "not_runnable"
     #: Another worker is running this step right now (its heartbeat is fresh): this message is a copy.
@@ -67,6 +78,18 @@ class Outcome(StrEnum):
     WAITING = "waiting"
     #: The deployment was cancelled while the step ran; the step's work was stopped.
     CANCELLED = "cancelled"
+
+
+@dataclass(frozen=True)
+class StepRun:
+    """What :func:`run_step` did, and what the task layer publishes or schedules for it."""
+
+    outcome: Outcome
+    #: WAITING: seconds before asking again.
+    wait_s: float = 0.0
+    #: Deployments whose turn for a sandbox slot came when this step (a cleanup) gave one back:
+    #: their sandbox step is published once this step has committed.
+    woken: tuple[str, ...] = ()
 
 
 def _module(step: str) -> ModuleType:
@@ -164,13 +187,13 @@ def monitor(runtime: Runtime) -> StepMonitor:
     return found
 
 
-def run_step(runtime: Runtime, step: str, deployment_id: str, task_id: str | None = None) -> Outcome:
+def run_step(runtime: Runtime, step: str, deployment_id: str, task_id: str | None = None) -> StepRun:
     """Run ``step`` of the deployment unless the recorded state says it must not run now."""
     module = _module(step)
     logs = LogBuffer(runtime, deployment_id, step)
     with transaction(runtime.sessions) as session:
         begun = _begin(session, runtime, step, deployment_id, task_id)
-        if isinstance(begun, Outcome):
+        if isinstance(begun, StepRun):
             return begun
         deployment, project, budget_s = begun
     watcher = monitor(runtime)
@@ -184,7 +207,7 @@ def run_step(runtime: Runtime, step: str, deployment_id: str, task_id: str | Non
         _write_pending(runtime, logs)
         if watch.cancelled.is_set():
             _record_cancelled(runtime, step, deployment_id, logs)
-            return Outcome.CANCELLED
+            return StepRun(Outcome.CANCELLED)
         raise
     watcher.unwatch(watch)
     # The step's pending lines are written in the transaction that completes it (one commit
@@ -192,12 +215,14 @@ def run_step(runtime: Runtime, step: str, deployment_id: str, task_id: str | Non
     pending = logs.take()
     try:
         with transaction(runtime.sessions) as session:
-            _complete(session, module, step, deployment_id, result, pending)
+            woken = _complete(session, runtime, module, step, deployment_id, result, pending)
     except Exception:
         with transaction(runtime.sessions) as session:
             write_lines(session, pending)
         raise
-    return Outcome.CANCELLED if watch.cancelled.is_set() and step != "cleanup" else Outcome.RAN
+    if watch.cancelled.is_set() and step != "cleanup":
+        return StepRun(Outcome.CANCELLED)
+    return StepRun(Outcome.RAN, woken=tuple(woken))
 
 
 def _write_pending(runtime: Runtime, logs: LogBuffer) -> None:
@@ -210,9 +235,12 @@ def _write_pending(runtime: Runtime, logs: LogBuffer) -> None:
 def _load(
     session: Session, deployment_id: str, step: str
 ) -> tuple[Deployment, DeploymentStep, Project] | None:
-    """The deployment (locked until the transaction ends), the step's row and its project.
+    """The deployment and the step's row (locked until the transaction ends), and its project.
 
-    One round trip instead of three: each costs as much as a no-op task's share of a chain.
+    One round trip instead of three: each costs as much as a no-op task's share of a chain. The
+    step's row is locked too, not only the deployment: a transaction that waited for the lock then
+    reads the row as the holder committed it, where PostgreSQL would give it the row of a table it
+    did not lock as it was before the wait (two copies of a message would both find it pending).
     """
     found = session.execute(
         select(Deployment, DeploymentStep, Project)
@@ -222,48 +250,52 @@ def _load(
         )
         .join(Project, Project.id == Deployment.project_id)
         .where(Deployment.id == deployment_id)
-        .with_for_update(of=Deployment)
+        .with_for_update(of=(Deployment, DeploymentStep))
     ).one_or_none()
     return None if found is None else (found[0], found[1], found[2])
 
 
 def _begin(
     session: Session, runtime: Runtime, step: str, deployment_id: str, task_id: str | None
-) -> Outcome | tuple[Deployment, Project, float]:
+) -> StepRun | tuple[Deployment, Project, float]:
     settings = runtime.settings
     loaded = _load(session, deployment_id, step)
     if loaded is None:
-        return Outcome.NOT_RUNNABLE
+        return StepRun(Outcome.NOT_RUNNABLE)
     deployment, row, project = loaded
     if row.status == StepStatus.COMPLETED:
-        return Outcome.ALREADY_DONE
+        return StepRun(Outcome.ALREADY_DONE if row.task_id == task_id else Outcome.DONE_BY_ANOTHER)
     finished = deployment.status in FINISHED_STATUSES
     if finished and step != "cleanup":
-        return Outcome.NOT_RUNNABLE
+        return StepRun(Outcome.NOT_RUNNABLE)
     now = utcnow()
     fresh = deployment.heartbeat_at is not None and now - deployment.heartbeat_at < timedelta(
         seconds=settings.heartbeat_timeout_s
     )
     if row.status == StepStatus.IN_PROGRESS and row.task_id != task_id and fresh:
-        return Outcome.DUPLICATE
+        return StepRun(Outcome.DUPLICATE)
     if (
         step == "cleanup"
+        and finished
         and fresh
         and any(other.status == StepStatus.IN_PROGRESS and other.step != step for other in deployment.steps)
     ):
         # Cancelled while a step runs: that step's worker stops it within a second or two; cleanup
-        # comes after it, so that the deployment's record ends in order.
-        return Outcome.WAITING
+        # comes after it, so that the deployment's record ends in order. (A running deployment's
+        # cleanup comes after its deploy step: no step to wait for, and no step rows to load.)
+        return StepRun(Outcome.WAITING, wait_s=settings.slot_wait_s)
     if row.status == StepStatus.IN_PROGRESS and row.attempts >= MAX_ATTEMPTS:
         # Every attempt so far ended with its worker gone: this message kills workers.
         raise WorkerLost(f"the worker running {step} was lost {row.attempts} times")
-    needs_slot = step in SLOT_STEPS and not finished
-    if needs_slot and not slots.try_acquire(session, deployment, settings.max_concurrent_deployments, now):
+    ahead: int | None = None
+    if step in SLOT_STEPS and not finished:
+        ahead = slots.try_acquire(session, deployment, settings.max_concurrent_deployments, now)
+    if ahead is not None:
         deployment.heartbeat_at = now
         if deployment.current_step != step:
             deployment.current_step = step
             write_lines(session, [_line(deployment_id, step, "Waiting for a free sandbox slot")])
-        return Outcome.WAITING
+        return StepRun(Outcome.WAITING, wait_s=slots.wait_s(settings, ahead))
     budget_s = settings.deployment_timeout_s * BUDGET[step]
     if not finished:
         # The deployment's whole budget runs from its first step, or from when it got its sandbox
@@ -294,26 +326,36 @@ def _begin(
 
 def _complete(
     session: Session,
+    runtime: Runtime,
     module: ModuleType,
     step: str,
     deployment_id: str,
     result: Any,
     lines: list[dict[str, Any]],
-) -> None:
+) -> list[str]:
+    """Record the step's results; return the waiters to wake for the slot a cleanup gave back."""
     loaded = _load(session, deployment_id, step)
     if loaded is None:
-        return
+        return []
     deployment, row, project = loaded
-    was_running = deployment.status not in FINISHED_STATUSES
-    record: Callable[..., None] = module.record
-    record(session, deployment, project, result)
     row.status = StepStatus.COMPLETED
     row.finished_at = utcnow()
     row.error = None
-    if was_running:
+    if deployment.status not in FINISHED_STATUSES:
         deployment.progress = PROGRESS[step]
     deployment.heartbeat_at = row.finished_at
+    record: Callable[..., None] = module.record
+    # What a step's record reads (the quota ledger, the project's webhooks) does not depend on the
+    # rows it changes: without autoflush before each such query, the deployment's changes are
+    # written in one UPDATE, not in one per query.
+    with session.no_autoflush:
+        record(session, deployment, project, result)
     write_lines(session, lines)
+    if step == "cleanup" and deployment.slot_requested_at is not None:
+        # Whether it held its slot or was still waiting for one (cancelled in the line), the line
+        # moves on: whoever is first in it now is woken, rather than left to its next ask.
+        return slots.turn_come(session, runtime.settings.max_concurrent_deployments)
+    return []
 
 
 def _record_cancelled(runtime: Runtime, step: str, deployment_id: str, logs: LogBuffer) -> None:

@@ -18,7 +18,7 @@ from pathlib import Path
 import requests
 
 from bench.common import Result, percentile, rounded
-from bench.stack import BIN, ROOT, free_port, wait_until
+from bench.stack import ADMISSION_UNREFUSED, BIN, ROOT, free_port, wait_until
 from bench.tenants import SITE
 
 NAME = "live"
@@ -28,7 +28,9 @@ def _start(data_dir: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes
     import os
 
     env = {k: v for k, v in os.environ.items() if k not in ("DATABASE_URL", "CELERY_BROKER_URL")}
-    env.update({"LIBRA_DATA_DIR": str(data_dir), "PORT": str(port), "LOG_LEVEL": "WARNING"})
+    env.update(
+        {"LIBRA_DATA_DIR": str(data_dir), "PORT": str(port), "LOG_LEVEL": "WARNING", **ADMISSION_UNREFUSED}
+    )
     with log.open("wb") as out:
         proc = subprocess.Popen([str(BIN / "libra-deploy"), "up"], cwd=ROOT, env=env, stdout=out, stderr=out)
     text = wait_until(lambda: (t := log.read_text()) and "Token:" in t and "Project:" in t and t, 120, "up")

@@ -55,6 +55,18 @@ def pg_url(database: str) -> str:
     return f"{PG_ADMIN_URL.rsplit('/', 1)[0]}/{database}"
 
 
+#: An organisation's admission limits (POST rate, active deployments, monthly quota) would answer
+#: 429 to a benchmark's tenant, which sends far more than one organisation is let through. Every
+#: request still runs each check (the rate-limit counters, the organisation's lock, its active
+#: count, its quota reservation); what a benchmark measures is their cost, not their refusals.
+ADMISSION_UNREFUSED = {
+    "DEPLOY_RATE_LIMIT_PER_TOKEN": "1000000/minute",
+    "DEPLOY_RATE_LIMIT_PER_ORG": "1000000/minute",
+    "MAX_ACTIVE_DEPLOYMENTS_PER_ORG": "1000000",
+    "DEFAULT_DEPLOY_QUOTA": "1000000",
+}
+
+
 class Stack:
     """One benchmark's private database, broker and processes; ``close`` removes them all."""
 
@@ -73,6 +85,7 @@ class Stack:
                 "LIBRA_DATA_DIR": str(self.workdir / "data"),
                 "LOG_LEVEL": "WARNING",
                 "ENVIRONMENT": "production",
+                **ADMISSION_UNREFUSED,
                 **(overrides or {}),
             }
         )

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 import stat
 import uuid
@@ -254,8 +255,10 @@ def _stored_logs(runtime, deployment_id: str) -> str:
 @pytest.mark.stack
 @pytest.mark.slow
 def test_a_variable_reaches_the_install_and_the_build_but_no_log_and_no_answer(
-    client, runtime, worker, tenant
+    client, runtime, worker, tenant, caplog
 ):
+    # The service's own logs too: the web app and the worker (a thread here) log through logging.
+    caplog.set_level(logging.INFO)
     project_id = new_project(runtime, tenant)
     secret = _secret()
     assert _put(client, tenant, project_id, "API_SECRET", secret).status_code == 200
@@ -292,6 +295,8 @@ def test_a_variable_reaches_the_install_and_the_build_but_no_log_and_no_answer(
     stored = _stored_logs(runtime, deployment_id)
     assert "the secret is ***!" in stored
     assert secret not in stored
+    assert caplog.records
+    assert secret not in caplog.text
 
 
 @pytest.mark.slow

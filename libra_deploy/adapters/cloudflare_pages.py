@@ -45,6 +45,7 @@ from tenacity import (
 )
 
 from libra_deploy import registry, sites
+from libra_deploy.adapters._live_pointers import LivePointers
 from libra_deploy.config import Settings
 from libra_deploy.errors import ProviderError, provider_error
 from libra_deploy.ports import DomainStatus, Manifest, ObjectNotFound, ObjectStore, PublishResult, SiteFile
@@ -68,7 +69,6 @@ PROJECT_NOT_FOUND = 8000007
 JWT_UNAUTHORIZED = 8000013
 #: How long to wait for a new deployment's deploy stage to finish.
 DEPLOY_WAIT_S = 120.0
-POINTER_TTL_S = 1.0
 
 
 def node_extname(name: str) -> str:
@@ -272,7 +272,7 @@ class CloudflarePagesTarget:
         self.zone_id = zone_id
         self.deploy_wait_s = deploy_wait_s
         self.poll_interval_s = poll_interval_s
-        self._pointers: dict[str, tuple[float, str | None]] = {}
+        self._live = LivePointers()
         self._cache: dict[tuple[str, str], dict[str, Any]] = {}
         self._lock = threading.Lock()
 
@@ -488,23 +488,18 @@ class CloudflarePagesTarget:
                 ),
             )
         self.records.put(self._pointer_key(project_id), deployment_id.encode(), content_type="text/plain")
-        with self._lock:
-            self._pointers[project_id] = (time.monotonic(), deployment_id)
+        self._live.remember(project_id, deployment_id)
 
     def live_deployment(self, project_id: str) -> str | None:
         if not _ID.match(project_id):
             return None
-        with self._lock:
-            cached = self._pointers.get(project_id)
-        if cached is not None and time.monotonic() - cached[0] < POINTER_TTL_S:
-            return cached[1]
+        return self._live.get(project_id, lambda: self._read_pointer(project_id))
+
+    def _read_pointer(self, project_id: str) -> str | None:
         try:
-            live: str | None = self.records.get(self._pointer_key(project_id)).decode().strip() or None
+            return self.records.get(self._pointer_key(project_id)).decode().strip() or None
         except (ObjectNotFound, ValueError):
-            live = None
-        with self._lock:
-            self._pointers[project_id] = (time.monotonic(), live)
-        return live
+            return None
 
     def open(self, project_id: str, deployment_id: str, path: str) -> SiteFile | None:
         record = self._record(project_id, deployment_id)

@@ -32,7 +32,6 @@ from __future__ import annotations
 import json
 import re
 import threading
-import time
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -42,6 +41,7 @@ from typing import Any, BinaryIO, TypeVar, cast
 from botocore.exceptions import BotoCoreError, ClientError
 
 from libra_deploy import site_rules, sites
+from libra_deploy.adapters._live_pointers import LivePointers
 from libra_deploy.adapters._s3 import NOT_FOUND, ensure_bucket, error_code, make_client, s3_error
 from libra_deploy.config import Settings
 from libra_deploy.errors import ProviderError
@@ -62,8 +62,6 @@ PERMANENT_REDIRECTS = frozenset({301, 308})
 SHOWN_SOURCES = 5
 #: Parallel uploads and copies while publishing.
 CONCURRENCY = 8
-#: How long a process trusts the ``live`` pointer it read before reading it again.
-POINTER_TTL_S = 1.0
 
 T = TypeVar("T")
 
@@ -203,7 +201,7 @@ class S3Target:
         self._region = region
         self._ready = False
         self._manifests: dict[tuple[str, str], Manifest] = {}
-        self._pointers: dict[str, tuple[float, str | None]] = {}
+        self._live = LivePointers()
         self._lock = threading.Lock()
 
     @classmethod
@@ -404,16 +402,14 @@ class S3Target:
             ContentType="text/plain",
             CacheControl="no-cache",
         )
-        with self._lock:
-            self._pointers[project_id] = (time.monotonic(), deployment_id)
+        self._live.remember(project_id, deployment_id)
 
     def live_deployment(self, project_id: str) -> str | None:
         if not _ID.match(project_id):
             return None
-        with self._lock:
-            cached = self._pointers.get(project_id)
-        if cached is not None and time.monotonic() - cached[0] < POINTER_TTL_S:
-            return cached[1]
+        return self._live.get(project_id, lambda: self._read_pointer(project_id))
+
+    def _read_pointer(self, project_id: str) -> str | None:
         self.check_bucket()
         try:
             response = self._call(
@@ -423,12 +419,9 @@ class S3Target:
                 Key=self._pointer_key(project_id),
             )
             with response["Body"] as body:
-                live: str | None = body.read().decode().strip() or None
+                return body.read().decode().strip() or None
         except _Missing:
-            live = None
-        with self._lock:
-            self._pointers[project_id] = (time.monotonic(), live)
-        return live
+            return None
 
     def _manifest(self, project_id: str, deployment_id: str) -> Manifest | None:
         key = (project_id, deployment_id)

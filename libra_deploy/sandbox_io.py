@@ -1,13 +1,42 @@
-"""What remote sandbox adapters share: cutting streamed output into lines, unpacking output archives."""
+"""What remote sandbox adapters share: sending files in batches, cutting streamed output into lines,
+packing a directory inside the sandbox and unpacking that archive here."""
 
 from __future__ import annotations
 
 import io
+import shlex
 import tarfile
 import threading
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 
 from libra_deploy.ports import LineSink
+
+#: Files per upload request, and the bytes at which a batch is sent early.
+BATCH_FILES = 200
+BATCH_BYTES = 32 * 1024 * 1024
+#: The exit status of :func:`archive_command` when the directory does not exist.
+NO_DIRECTORY = 3
+
+
+def batches(files: Iterable[tuple[str, bytes]]) -> Iterator[list[tuple[str, bytes]]]:
+    """The files in upload requests of at most BATCH_FILES files, cut early at BATCH_BYTES."""
+    batch: list[tuple[str, bytes]] = []
+    size = 0
+    for rel, data in files:
+        batch.append((rel, data))
+        size += len(data)
+        if len(batch) >= BATCH_FILES or size >= BATCH_BYTES:
+            yield batch
+            batch, size = [], 0
+    if batch:
+        yield batch
+
+
+def archive_command(source: str, archive: str) -> str:
+    """A shell command, run in the sandbox, that packs ``source`` into the tar.gz ``archive`` (for
+    :func:`untar`) and exits NO_DIRECTORY when there is no such directory."""
+    quoted = shlex.quote(source)
+    return f"test -d {quoted} || exit {NO_DIRECTORY}; tar -czf {archive} -C {quoted} ."
 
 
 class LineSplitter:

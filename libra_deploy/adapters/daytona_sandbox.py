@@ -37,13 +37,11 @@ from daytona import (
 from libra_deploy.config import Settings
 from libra_deploy.errors import DeploymentTimeout, ProviderError, provider_error
 from libra_deploy.ports import LineSink, SandboxSpec
-from libra_deploy.sandbox_io import LineSplitter, untar
+from libra_deploy.sandbox_io import NO_DIRECTORY, LineSplitter, archive_command, batches, untar
 
 PROVIDER = "Daytona"
 #: Resources of a sandbox built from DAYTONA_IMAGE (a snapshot carries its own).
 RESOURCES_CPU, RESOURCES_MEMORY_GIB, RESOURCES_DISK_GIB = 2, 4, 8
-UPLOAD_BATCH_FILES = 200
-UPLOAD_BATCH_BYTES = 32 * 1024 * 1024
 CREATE_TIMEOUT_S = 120.0
 ARCHIVE_TIMEOUT_S = 300
 #: How long to wait for Daytona to record a finished command's exit code after its logs end.
@@ -166,16 +164,10 @@ class DaytonaSandboxProvider:
     def write_files(self, sandbox_id: str, files: Iterable[tuple[str, bytes]]) -> None:
         sandbox = self._sandbox(sandbox_id)
         root = self._root(sandbox_id)
-        batch: list[FileUpload] = []
-        size = 0
-        for rel, data in files:
-            batch.append(FileUpload(source=data, destination=f"{root}/{rel}"))
-            size += len(data)
-            if len(batch) >= UPLOAD_BATCH_FILES or size >= UPLOAD_BATCH_BYTES:
-                self._upload(sandbox, batch)
-                batch, size = [], 0
-        if batch:
-            self._upload(sandbox, batch)
+        for batch in batches(files):
+            self._upload(
+                sandbox, [FileUpload(source=data, destination=f"{root}/{rel}") for rel, data in batch]
+            )
 
     def _upload(self, sandbox: Any, batch: list[FileUpload]) -> None:
         self._call(f"upload {len(batch)} files", lambda: sandbox.fs.upload_files(batch))
@@ -243,12 +235,11 @@ class DaytonaSandboxProvider:
         sandbox = self._sandbox(sandbox_id)
         source = f"{self._root(sandbox_id)}/{directory}".rstrip("/")
         archive = f"/tmp/libra-{uuid.uuid4().hex}.tgz"  # noqa: S108 - inside the sandbox, a fresh name
-        inner = f"test -d {shlex.quote(source)} || exit 3; tar -czf {archive} -C {shlex.quote(source)} ."
-        script = f"sh -c {shlex.quote(inner)}"
+        script = f"sh -c {shlex.quote(archive_command(source, archive))}"
         result = self._call(
             "archive the output", lambda: sandbox.process.exec(script, timeout=ARCHIVE_TIMEOUT_S)
         )
-        if result.exit_code == 3:
+        if result.exit_code == NO_DIRECTORY:
             return
         if result.exit_code != 0:
             raise ProviderError(f"{PROVIDER}: archiving {directory} failed: {result.result}".strip())

@@ -42,13 +42,10 @@ from libra_deploy.config import Settings
 from libra_deploy.errors import DeploymentTimeout, ProviderError, provider_error
 from libra_deploy.ports import LineSink, SandboxSpec
 from libra_deploy.redact import register_secrets
-from libra_deploy.sandbox_io import LineSplitter, untar
+from libra_deploy.sandbox_io import NO_DIRECTORY, LineSplitter, archive_command, batches, untar
 
 PROVIDER = "E2B"
 PROJECT_DIR = "/home/user/project"
-#: Files per write request, and the bytes at which a batch is sent early.
-WRITE_BATCH_FILES = 200
-WRITE_BATCH_BYTES = 32 * 1024 * 1024
 #: Time allowed for control calls (create, connect, kill, file transfers) per request.
 REQUEST_TIMEOUT_S = 120.0
 #: Time allowed to tar the output inside the sandbox.
@@ -158,16 +155,8 @@ class E2BSandboxProvider:
 
     def write_files(self, sandbox_id: str, files: Iterable[tuple[str, bytes]]) -> None:
         sandbox = self._sandbox(sandbox_id)
-        batch: list[dict[str, Any]] = []
-        size = 0
-        for rel, data in files:
-            batch.append({"path": f"{PROJECT_DIR}/{rel}", "data": data})
-            size += len(data)
-            if len(batch) >= WRITE_BATCH_FILES or size >= WRITE_BATCH_BYTES:
-                self._write(sandbox, batch)
-                batch, size = [], 0
-        if batch:
-            self._write(sandbox, batch)
+        for batch in batches(files):
+            self._write(sandbox, [{"path": f"{PROJECT_DIR}/{rel}", "data": data} for rel, data in batch])
 
     def _write(self, sandbox: Any, batch: list[dict[str, Any]]) -> None:
         self._call(f"write {len(batch)} files", lambda: sandbox.files.write_files(batch))
@@ -222,11 +211,10 @@ class E2BSandboxProvider:
         sandbox = self._sandbox(sandbox_id)
         source = f"{PROJECT_DIR}/{directory}".rstrip("/")
         archive = f"/tmp/libra-{uuid.uuid4().hex}.tgz"  # noqa: S108 - inside the sandbox, a fresh name
-        script = f"test -d {shlex.quote(source)} || exit 3; tar -czf {archive} -C {shlex.quote(source)} ."
         try:
-            sandbox.commands.run(script, timeout=ARCHIVE_TIMEOUT_S)
+            sandbox.commands.run(archive_command(source, archive), timeout=ARCHIVE_TIMEOUT_S)
         except CommandExitException as exc:
-            if exc.exit_code == 3:
+            if exc.exit_code == NO_DIRECTORY:
                 return
             raise ProviderError(f"{PROVIDER}: archiving {directory} failed: {exc.stderr}".strip()) from None
         except (SandboxException, AuthenticationException, ServiceBusyException, httpx.HTTPError) as exc:

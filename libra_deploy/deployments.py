@@ -7,13 +7,13 @@ only after its commit (so a worker can never pick up a deployment that is not in
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import select
+from sqlalchemy import bindparam, select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session, defer, joinedload
+from sqlalchemy.orm import Session
 
 from libra_deploy import accounts, domains, quota, uploads, webhooks
 from libra_deploy.auth import Principal
@@ -189,14 +189,90 @@ def _store_blobs(store: ObjectStore, files: Sequence[IncomingFile]) -> None:
         store.put(key, blobs[sha])
 
 
-#: What /deploy-status never reads: the request and the manifests may list thousands of files, and a
-#: client polls the status every second or so.
-_NOT_IN_STATUS = (
-    Deployment.request,
-    Deployment.history_messages,
-    Deployment.source_manifest,
-    Deployment.output_manifest,
+@dataclass(frozen=True)
+class StepState:
+    """One step as a status body shows it."""
+
+    step: str
+    status: str
+    started_at: datetime | None
+    finished_at: datetime | None
+    attempts: int
+    error: str | None
+
+
+@dataclass(frozen=True)
+class StatusView:
+    """What a status body shows of a deployment, as plain values.
+
+    GET /deploy-status reads it as rows (:func:`deployment_status`): a client polls it every second
+    or so, and building ORM entities with their identity map cost more than the SQL. Views that
+    already hold a :class:`Deployment` take :meth:`of` it.
+    """
+
+    id: str
+    org_id: str
+    project_id: str
+    status: str
+    current_step: str | None
+    progress: int
+    error_code: str | None
+    error_message: str | None
+    custom_domain: str | None
+    url: str | None
+    target_url: str | None
+    artifact_key: str | None
+    created_at: datetime
+    started_at: datetime | None
+    finished_at: datetime | None
+    pinned: bool
+    expired_at: datetime | None
+    build_variables: dict[str, int] | None
+    steps: tuple[StepState, ...]
+
+    @classmethod
+    def of(cls, deployment: Deployment) -> StatusView:
+        values = {name: getattr(deployment, name) for name in _DEPLOYMENT_FIELDS}
+        steps = tuple(
+            StepState(**{name: getattr(step, name) for name in _STEP_FIELDS}) for step in deployment.steps
+        )
+        return cls(**values, steps=steps)
+
+
+_DEPLOYMENT_FIELDS = tuple(f.name for f in fields(StatusView) if f.name != "steps")
+_STEP_FIELDS = tuple(f.name for f in fields(StepState))
+_deployments, _steps, _logs = Deployment.__table__.c, DeploymentStep.__table__.c, DeploymentLog.__table__.c
+#: A deployment and its steps in one round trip, on the tables (no ORM entity is built). Built once:
+#: a status read then neither constructs nor compiles a statement.
+_STATUS_QUERY = (
+    select(
+        *(_deployments[name] for name in _DEPLOYMENT_FIELDS),
+        *(_steps[name].label(f"step_{name}") for name in _STEP_FIELDS),
+    )
+    .select_from(Deployment.__table__)
+    .outerjoin(DeploymentStep.__table__, _steps.deployment_id == _deployments.id)
+    .where(_deployments.id == bindparam("deployment_id"))
+    .order_by(_steps.position)
 )
+_NEWEST_LINES = (
+    select(_logs.message)
+    .where(_logs.deployment_id == bindparam("deployment_id"))
+    .order_by(_logs.id.desc())
+    .limit(bindparam("lines"))
+)
+
+
+def _read_status(session: Session, deployment_id: str) -> StatusView | None:
+    rows = session.execute(_STATUS_QUERY, {"deployment_id": deployment_id}).all()
+    if not rows:
+        return None
+    first = rows[0]._mapping
+    steps = tuple(
+        StepState(**{name: row._mapping[f"step_{name}"] for name in _STEP_FIELDS})
+        for row in rows
+        if row._mapping["step_step"] is not None
+    )
+    return StatusView(**{name: first[name] for name in _DEPLOYMENT_FIELDS}, steps=steps)
 
 
 def deployment_status(
@@ -211,24 +287,14 @@ def deployment_status(
 
     Another organisation's deployment is 404, unless DEPLOY_STATUS_PUBLIC makes every status public:
     then a caller outside the organisation (or with no credentials, ``org_id`` None) gets the body
-    with its logs and errors redacted. The deployment and its steps come in one query, without the
-    columns the status does not show.
+    with its logs and errors redacted. Two round trips: the deployment with its steps, then its
+    newest log lines.
     """
-    deployment = None
-    if is_plausible_id(deployment_id):
-        deployment = (
-            session.scalars(
-                select(Deployment)
-                .where(Deployment.id == deployment_id)
-                .options(joinedload(Deployment.steps), *(defer(column) for column in _NOT_IN_STATUS))
-            )
-            .unique()
-            .first()
-        )
-    if deployment is not None and org_id is not None and deployment.org_id == org_id:
-        return status_body(session, settings, deployment, store)
-    if deployment is not None and settings.deploy_status_public:
-        return status_body(session, settings, deployment, public=True)
+    view = _read_status(session, deployment_id) if is_plausible_id(deployment_id) else None
+    if view is not None and org_id is not None and view.org_id == org_id:
+        return status_body(session, settings, view, store)
+    if view is not None and settings.deploy_status_public:
+        return status_body(session, settings, view, public=True)
     raise NotFound(f"deployment {deployment_id} does not exist", code="DEPLOYMENT_NOT_FOUND")
 
 
@@ -304,7 +370,7 @@ def _iso(value: datetime | None) -> str | None:
 def status_body(
     session: Session,
     settings: Settings,
-    deployment: Deployment,
+    deployment: StatusView,
     store: ObjectStore | None = None,
     *,
     public: bool = False,
@@ -328,10 +394,7 @@ def status_body(
             entry["error"] = step.error
         steps[step.step] = entry
     lines = session.scalars(
-        select(DeploymentLog.message)
-        .where(DeploymentLog.deployment_id == deployment.id)
-        .order_by(DeploymentLog.id.desc())
-        .limit(settings.status_log_lines)
+        _NEWEST_LINES, {"deployment_id": deployment.id, "lines": settings.status_log_lines}
     ).all()
     logs = list(reversed(lines))
     if public:

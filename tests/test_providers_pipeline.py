@@ -69,10 +69,18 @@ def test_the_service_on_the_s3_target_and_store(s3, runtime, worker):
         assert second["status"] == "completed", second
         assert any("(0 uploaded, 0 bytes)" in line for line in second["logs"])
         assert s3.uploads(env["ARTIFACTS_BUCKET"], "blobs/") == []
-        # Counted by the server: no file bytes, only the new manifest and the pointer switch.
+        # Counted by the server: no file written or copied, only the new manifest, the record that it
+        # shares the first deployment's files, and the pointer switch.
         writes = s3.uploads(env["SITES_BUCKET"], f"sites/{tenant.project_id}/")
         prefix = f"{env['SITES_BUCKET']}/sites/{tenant.project_id}"
-        assert sorted(writes) == [f"{prefix}/_deployments/{second['deploymentId']}.json", f"{prefix}/live"]
+        assert sorted(writes) == [
+            f"{prefix}/_deployments/{first['deploymentId']}.sharers/{second['deploymentId']}",
+            f"{prefix}/_deployments/{second['deploymentId']}.json",
+            f"{prefix}/live",
+        ]
+        copies = [r for r in s3.recorded() if "x-amz-copy-source" in {h.lower() for h in r["headers"]}]
+        assert copies == []
+        assert second["targetUrl"] == first["targetUrl"]
         assert client.get(f"/sites/{tenant.project_id}/").get_data() == b"<h1>built</h1>"
 
 

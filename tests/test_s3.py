@@ -173,6 +173,23 @@ def _read(target: DeployTarget, project: str, deployment: str, path: str) -> byt
         return f.read()
 
 
+def _copies(s3: S3Server, bucket: str, prefix: str = "") -> dict[str, str]:
+    """The CopyObjects the server received into ``bucket`` under ``prefix`` (``S3Server.uploads``
+    leaves them out): the path copied to -> the key copied from."""
+    found = {}
+    for request in s3.recorded():
+        headers = {k.lower(): v for k, v in request["headers"].items()}
+        path = request["url"].split("://", 1)[1].split("/", 1)[1].split("?", 1)[0]
+        if path.startswith(f"{bucket}/{prefix}") and "x-amz-copy-source" in headers:
+            found[path] = headers["x-amz-copy-source"].removeprefix(f"{bucket}/")
+    return found
+
+
+def _keys(s3: S3Server, bucket: str, prefix: str) -> set[str]:
+    pages = _raw_client(s3).get_paginator("list_objects_v2").paginate(Bucket=bucket, Prefix=prefix)
+    return {o["Key"] for page in pages for o in page.get("Contents", [])}
+
+
 def test_deploy_redeploy_unchanged_uploads_nothing_and_switch(s3, store, target):
     assert isinstance(target, DeployTarget)
     project, first, second, third = new_id("prj"), new_id("dep"), new_id("dep"), new_id("dep")
@@ -196,10 +213,19 @@ def test_deploy_redeploy_unchanged_uploads_nothing_and_switch(s3, store, target)
     s3.start_recording()
     again = target.publish(project, second, manifest, store)
     assert (again.uploaded_files, again.uploaded_bytes) == (0, 0)
-    assert s3.uploads(target.bucket, f"sites/{project}/{second}/") == []
+    # Counted by the server: no site file written or copied anywhere, only the manifest and the
+    # record of the share.
+    assert sorted(s3.uploads(target.bucket, f"sites/{project}/")) == [
+        f"{target.bucket}/sites/{project}/_deployments/{first}.sharers/{second}",
+        f"{target.bucket}/sites/{project}/_deployments/{second}.json",
+    ]
+    assert _copies(s3, target.bucket) == {}
+    # It serves the first deployment's files, whose prefix is its URL too.
+    assert again.url == f"https://sites.example.io/sites/{project}/{first}/index.html"
     target.activate(project, second)
     assert target.live_deployment(project) == second
-    assert _read(target, project, second, "assets/copy-of-app.js") == b"console.log(1)"
+    for path, data in SITE.items():
+        assert _read(target, project, second, path) == data
 
     changed = {**manifest, **_site(store, {"index.html": b"<h1>v3</h1>"})}
     s3.start_recording()
@@ -247,9 +273,17 @@ def test_publishing_the_same_deployment_twice_is_harmless(s3, store, target):
     project, deployment = new_id("prj"), new_id("dep")
     manifest = _site(store, SITE)
     target.publish(project, deployment, manifest, store)
-    s3.start_recording()
-    assert target.publish(project, deployment, manifest, store).uploaded_files == 0
-    assert s3.uploads(target.bucket, f"sites/{project}/{deployment}/") == []
+    # Again before its activation, and after it: then the live deployment is itself, whose files it
+    # owns (no share with itself).
+    for activated in (False, True):
+        if activated:
+            target.activate(project, deployment)
+        s3.start_recording()
+        assert target.publish(project, deployment, manifest, store).uploaded_files == 0
+        assert s3.uploads(target.bucket, f"sites/{project}/") == [
+            f"{target.bucket}/sites/{project}/_deployments/{deployment}.json"
+        ]
+        assert _copies(s3, target.bucket) == {}
 
 
 def test_activating_an_unpublished_deployment_is_refused(target):
@@ -262,22 +296,122 @@ def test_remove_deletes_one_deployment_and_keeps_the_others(s3, store, target):
     manifest = _site(store, SITE)
     target.publish(project, old, manifest, store)
     target.activate(project, old)
-    target.publish(project, live, manifest, store)
+    # Changed content: the live deployment has its own prefix, its unchanged files copied into it.
+    target.publish(project, live, {**manifest, **_site(store, {"index.html": b"<h1>v2</h1>"})}, store)
     target.activate(project, live)
 
     target.remove(project, old)
     target.remove(project, old)  # idempotent
 
-    keys = {
-        o["Key"]
-        for o in _raw_client(s3)
-        .list_objects_v2(Bucket=target.bucket, Prefix=f"sites/{project}/")
-        .get("Contents", [])
-    }
-    assert not any(old in key for key in keys)
+    assert not any(old in key for key in _keys(s3, target.bucket, f"sites/{project}/"))
     assert target.open(project, old, "index.html") is None
     assert _read(target, project, live, "assets/app-3f9a1c2b.js") == b"console.log(1)"
     assert _read(target, project, live, "assets/copy-of-app.js") == b"console.log(1)"
+
+
+def _shared_deployments(store: ObjectStore, target: S3Target) -> tuple[str, str, str, Manifest]:
+    """A project whose first deployment owns the files and whose second, unchanged, is live."""
+    project, owner, sharer = new_id("prj"), new_id("dep"), new_id("dep")
+    manifest = _site(store, SITE)
+    target.publish(project, owner, manifest, store)
+    target.activate(project, owner)
+    target.publish(project, sharer, manifest, store)
+    target.activate(project, sharer)
+    return project, owner, sharer, manifest
+
+
+def test_removing_a_shared_owner_keeps_its_files_until_its_last_sharer_goes(s3, store, target):
+    project, owner, sharer, manifest = _shared_deployments(store, target)
+
+    target.remove(project, owner)
+    target.remove(project, owner)  # harmless twice
+    assert target.open(project, owner, "index.html") is None
+    for path, data in SITE.items():
+        assert _read(target, project, sharer, path) == data
+
+    changed = new_id("dep")
+    target.publish(project, changed, {**manifest, **_site(store, {"index.html": b"<h1>v3</h1>"})}, store)
+    target.activate(project, changed)
+    target.remove(project, sharer)
+    target.remove(project, sharer)
+    assert target.open(project, sharer, "index.html") is None
+    # Neither the owner nor its sharer left anything: only the live deployment and the pointer.
+    assert _keys(s3, target.bucket, f"sites/{project}/") == {
+        *(f"sites/{project}/{changed}/{path}" for path in SITE),
+        f"sites/{project}/_deployments/{changed}.json",
+        f"sites/{project}/live",
+    }
+    assert _read(target, project, changed, "assets/copy-of-app.js") == b"console.log(1)"
+
+
+def test_removing_a_sharer_keeps_the_files_of_an_owner_still_there(s3, store, target):
+    project, owner, sharer, _ = _shared_deployments(store, target)
+    target.activate(project, owner)  # a rollback: the owner is live again
+    target.remove(project, sharer)
+    assert target.open(project, sharer, "index.html") is None
+    for path, data in SITE.items():
+        assert _read(target, project, owner, path) == data
+    assert not any(sharer in key for key in _keys(s3, target.bucket, f"sites/{project}/"))
+
+
+def test_an_unchanged_deploy_shares_the_owner_of_the_live_deployment_never_a_sharer(s3, store, target):
+    project, owner, sharer, manifest = _shared_deployments(store, target)
+    third = new_id("dep")
+    result = target.publish(project, third, manifest, store)
+    assert result.url == f"https://sites.example.io/sites/{project}/{owner}/index.html"
+    assert _keys(s3, target.bucket, f"sites/{project}/_deployments/{owner}.sharers/") == {
+        f"sites/{project}/_deployments/{owner}.sharers/{sharer}",
+        f"sites/{project}/_deployments/{owner}.sharers/{third}",
+    }
+    assert _keys(s3, target.bucket, f"sites/{project}/_deployments/{sharer}.sharers/") == set()
+    for path, data in SITE.items():
+        assert _read(target, project, third, path) == data
+
+
+def test_a_retried_publish_of_a_sharer_writes_no_file(s3, store, target):
+    project, owner, sharer = new_id("prj"), new_id("dep"), new_id("dep")
+    manifest = _site(store, SITE)
+    target.publish(project, owner, manifest, store)
+    target.activate(project, owner)
+    bookkeeping = [
+        f"{target.bucket}/sites/{project}/_deployments/{owner}.sharers/{sharer}",
+        f"{target.bucket}/sites/{project}/_deployments/{sharer}.json",
+    ]
+    # Published three times: twice before its activation (the owner is live), once after (it is).
+    for activated in (False, False, True):
+        if activated:
+            target.activate(project, sharer)
+        s3.start_recording()
+        published = target.publish(project, sharer, manifest, store)
+        assert (published.uploaded_files, published.uploaded_bytes) == (0, 0)
+        assert published.url == f"https://sites.example.io/sites/{project}/{owner}/index.html"
+        assert sorted(s3.uploads(target.bucket, f"sites/{project}/")) == bookkeeping
+        assert _copies(s3, target.bucket) == {}
+    assert _keys(s3, target.bucket, f"sites/{project}/{sharer}/") == set()
+    for path, data in SITE.items():
+        assert _read(target, project, sharer, path) == data
+
+
+def test_a_changed_deploy_after_a_share_copies_from_the_owners_prefix(s3, store, target):
+    project, owner, _, manifest = _shared_deployments(store, target)
+    target.remove(project, owner)  # only its manifest goes: the live sharer still serves its files
+    changed, new = new_id("dep"), {**manifest, **_site(store, {"index.html": b"<h1>v3</h1>"})}
+
+    s3.start_recording()
+    result = target.publish(project, changed, new, store)
+    assert result.uploaded_files == 1
+    assert result.url == f"https://sites.example.io/sites/{project}/{changed}/index.html"
+    assert s3.uploads(target.bucket, f"sites/{project}/{changed}/") == [
+        f"{target.bucket}/sites/{project}/{changed}/index.html"
+    ]
+    copies = _copies(s3, target.bucket)
+    assert sorted(copies) == sorted(
+        f"{target.bucket}/sites/{project}/{changed}/{p}" for p in SITE if p != "index.html"
+    )
+    assert all(source.startswith(f"sites/{project}/{owner}/") for source in copies.values())
+    target.activate(project, changed)
+    for path, data in {**SITE, "index.html": b"<h1>v3</h1>"}.items():
+        assert _read(target, project, changed, path) == data
 
 
 def test_the_target_against_a_refusing_endpoint_is_retryable(s3, store, tmp_path):

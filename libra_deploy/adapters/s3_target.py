@@ -2,15 +2,31 @@
 
 Layout in SITES_BUCKET::
 
-    sites/<project>/<deployment>/<path>        the deployment's files, never changed once written
-    sites/<project>/_deployments/<id>.json     its manifest {path: {"sha256", "size"}}, written last
-    sites/<project>/live                       the id of the deployment the site serves
+    sites/<project>/<owner>/<path>                    the files, never changed once written
+    sites/<project>/_deployments/<id>.json            a deployment's manifest {path: {"sha256", "size"}},
+                                                      written once its files are there; its metadata
+                                                      ``owner`` names the deployment whose prefix holds
+                                                      them when that is another one
+    sites/<project>/_deployments/<owner>.sharers/<id> empty: the share record of <id>, which serves
+                                                      <owner>'s files
+    sites/<project>/live                              the id of the deployment the site serves
 
-Each deployment keeps its own prefix, so a bucket served as it is (SITES_PUBLIC_URL) gives every
-deployment its own immutable URL. A file the live deployment already has is copied inside the
-bucket (CopyObject: no bytes leave the service), so redeploying an unchanged site uploads nothing;
-only content the project never published is uploaded. Activating is one write of the ``live``
-object, and the service's /sites/ serves through it.
+A deployment whose content differs from the live one's keeps its own prefix, so a bucket served as it
+is (SITES_PUBLIC_URL) gives every deployment an immutable URL. A file the live deployment already
+has is copied inside the bucket (CopyObject: no bytes leave the service); only content the project
+never published is uploaded. Activating is one write of the ``live`` object, and the service's
+/sites/ serves through it.
+
+A deployment whose manifest is identical to the live one's (the same files, hence the same
+``_headers`` and ``_redirects`` translation) writes no file at all: it shares the files of their
+owner, the live deployment or the one the live deployment shares (never a chain), and its URL is the
+owner's prefix, the same content just as immutable. Copying would cost one CopyObject per file, and
+an unchanged redeploy is held to 0.2 x the first deploy (bench/redeploy): sharing costs the manifest
+and one share record. The share record is bookkeeping, kept with the manifests, and named after the
+owner so that removing a deployment needs one list by prefix to know whether the files are still
+served: an owner with sharers loses only its manifest (its own id no longer serves), and the last
+sharer of a removed owner takes the files with it. A manifest without ``owner`` (every one written
+before sharing) owns its own prefix.
 
 A bucket cannot run the site's ``_headers`` and ``_redirects`` rules (the service's /sites/ applies
 them in full); what maps onto objects is translated when publishing, the rest is named in a warning
@@ -68,6 +84,15 @@ T = TypeVar("T")
 
 class _Missing(Exception):
     """The object asked for does not exist."""
+
+
+@dataclass(frozen=True)
+class _Published:
+    """A published deployment, as its manifest object records it."""
+
+    manifest: Manifest
+    #: The deployment whose prefix holds the files: this one, or the one whose files it shares.
+    owner: str
 
 
 @dataclass
@@ -200,7 +225,7 @@ class S3Target:
         self._create_bucket = create_bucket
         self._region = region
         self._ready = False
-        self._manifests: dict[tuple[str, str], Manifest] = {}
+        self._manifests: dict[tuple[str, str], _Published] = {}
         self._live = LivePointers()
         self._lock = threading.Lock()
 
@@ -246,6 +271,15 @@ class S3Target:
         return f"sites/{project_id}/_deployments/{deployment_id}.json"
 
     @staticmethod
+    def _sharers_prefix(project_id: str, owner_id: str) -> str:
+        """Where the deployments sharing ``owner_id``'s files are recorded: one list answers who they are."""
+        return f"sites/{project_id}/_deployments/{owner_id}.sharers/"
+
+    @classmethod
+    def _share_key(cls, project_id: str, owner_id: str, deployment_id: str) -> str:
+        return cls._sharers_prefix(project_id, owner_id) + deployment_id
+
+    @staticmethod
     def _pointer_key(project_id: str) -> str:
         return f"sites/{project_id}/live"
 
@@ -273,15 +307,19 @@ class S3Target:
     ) -> PublishResult:
         self.check_bucket()
         prefix = self._prefix(project_id, deployment_id)
+        live = self.live_deployment(project_id)
+        current = self._published(project_id, live) if live else None
+        # The live deployment's owner is this one when its own publish is retried after activating:
+        # its files are all there already.
+        if current is not None and current.manifest == manifest and current.owner != deployment_id:
+            return self._share(project_id, deployment_id, manifest, store, current.owner)
         rules = self._object_rules(manifest, store, prefix)
         # A retried publish finds what its first attempt wrote; a deployment's files never change.
         present = self._list(prefix)
         sources: dict[str, str] = {}
-        live = self.live_deployment(project_id)
-        if live and live != deployment_id:
-            previous = self._manifest(project_id, live) or {}
-            live_prefix = self._prefix(project_id, live)
-            sources = {str(e["sha256"]): live_prefix + path for path, e in previous.items()}
+        if current is not None:
+            owner_prefix = self._prefix(project_id, current.owner)
+            sources = {str(e["sha256"]): owner_prefix + path for path, e in current.manifest.items()}
         uploads: dict[str, str] = {}  # content never published by the project: sha -> first path
         copies: list[str] = []
         for path, entry in sorted(manifest.items()):
@@ -315,24 +353,58 @@ class S3Target:
                 sources.setdefault(sha, prefix + path)
             list(pool.map(lambda path: self._copy(sources, prefix, path, manifest, store, rules), copies))
             list(pool.map(redirect, sorted(p for p in rules.redirects if prefix + p not in present)))
-        body = json.dumps(manifest, sort_keys=True).encode()
+        self._write_manifest(project_id, deployment_id, manifest)
+        return PublishResult(
+            uploaded_files=len(uploads),
+            uploaded_bytes=uploaded_bytes,
+            url=self._url(prefix, manifest),
+            warnings=tuple(rules.warnings),
+        )
+
+    def _share(
+        self, project_id: str, deployment_id: str, manifest: Manifest, store: ObjectStore, owner: str
+    ) -> PublishResult:
+        """Publish a deployment identical to the live one: it serves the files of their owner."""
+        owner_prefix = self._prefix(project_id, owner)
+        # Translated for the warnings only: the owner's objects carry the very same rules.
+        rules = self._object_rules(manifest, store, owner_prefix)
+        # The manifest names the owner before the share record exists, so that a publish interrupted
+        # in between leaves nothing remove() cannot find. Meanwhile the live deployment (the owner, or
+        # a sharer with its own record) keeps the files, and this one cannot go live before its
+        # publish has returned.
+        self._write_manifest(project_id, deployment_id, manifest, owner=owner)
+        self._call(
+            "record the share",
+            self._client.put_object,
+            Bucket=self.bucket,
+            Key=self._share_key(project_id, owner, deployment_id),
+            Body=b"",
+        )
+        return PublishResult(
+            uploaded_files=0,
+            uploaded_bytes=0,
+            url=self._url(owner_prefix, manifest),
+            warnings=tuple(rules.warnings),
+        )
+
+    def _write_manifest(
+        self, project_id: str, deployment_id: str, manifest: Manifest, *, owner: str | None = None
+    ) -> None:
+        """A deployment is published once its manifest is there (``activate`` checks it)."""
         self._call(
             "write manifest",
             self._client.put_object,
             Bucket=self.bucket,
             Key=self._manifest_key(project_id, deployment_id),
-            Body=body,
+            Body=json.dumps(manifest, sort_keys=True).encode(),
             ContentType="application/json",
+            Metadata={"owner": owner} if owner else {},
         )
-        url = None
-        if self.public_url:
-            url = f"{self.public_url}/{prefix}" + ("index.html" if "index.html" in manifest else "")
-        return PublishResult(
-            uploaded_files=len(uploads),
-            uploaded_bytes=uploaded_bytes,
-            url=url,
-            warnings=tuple(rules.warnings),
-        )
+
+    def _url(self, prefix: str, manifest: Manifest) -> str | None:
+        if not self.public_url:
+            return None
+        return f"{self.public_url}/{prefix}" + ("index.html" if "index.html" in manifest else "")
 
     @staticmethod
     def _object_rules(manifest: Manifest, store: ObjectStore, prefix: str) -> ObjectRules:
@@ -384,15 +456,8 @@ class S3Target:
 
     def activate(self, project_id: str, deployment_id: str) -> None:
         self.check_bucket()
-        try:
-            self._call(
-                "check manifest",
-                self._client.head_object,
-                Bucket=self.bucket,
-                Key=self._manifest_key(project_id, deployment_id),
-            )
-        except _Missing:
-            raise ProviderError(f"deployment {deployment_id} was never published") from None
+        if not self._has_manifest(project_id, deployment_id):
+            raise ProviderError(f"deployment {deployment_id} was never published")
         self._call(
             "switch the live deployment",
             self._client.put_object,
@@ -423,7 +488,20 @@ class S3Target:
         except _Missing:
             return None
 
-    def _manifest(self, project_id: str, deployment_id: str) -> Manifest | None:
+    def _has_manifest(self, project_id: str, deployment_id: str) -> bool:
+        """Whether the deployment's manifest is in the bucket now (the cache is not asked)."""
+        try:
+            self._call(
+                "check manifest",
+                self._client.head_object,
+                Bucket=self.bucket,
+                Key=self._manifest_key(project_id, deployment_id),
+            )
+        except _Missing:
+            return False
+        return True
+
+    def _published(self, project_id: str, deployment_id: str) -> _Published | None:
         key = (project_id, deployment_id)
         with self._lock:
             cached = self._manifests.get(key)
@@ -443,18 +521,19 @@ class S3Target:
                 manifest = cast(Manifest, json.loads(body.read()))
         except _Missing:
             return None
+        # No owner in the metadata (every manifest written before sharing): it owns its prefix.
+        published = _Published(manifest, response.get("Metadata", {}).get("owner") or deployment_id)
         with self._lock:
             if len(self._manifests) > 256:
                 self._manifests.clear()
-            self._manifests[key] = manifest
-        return manifest
+            self._manifests[key] = published
+        return published
 
     def open(self, project_id: str, deployment_id: str, path: str) -> SiteFile | None:
-        manifest = self._manifest(project_id, deployment_id)
-        entry = manifest.get(path) if manifest else None
-        if entry is None:
+        published = self._published(project_id, deployment_id)
+        if published is None or (entry := published.manifest.get(path)) is None:
             return None
-        key = self._prefix(project_id, deployment_id) + path
+        key = self._prefix(project_id, published.owner) + path
         return SiteFile(
             path=path, sha256=str(entry["sha256"]), size=int(entry["size"]), open=partial(self._open, key)
         )
@@ -467,10 +546,34 @@ class S3Target:
         return cast(BinaryIO, response["Body"])
 
     def remove(self, project_id: str, deployment_id: str) -> None:
-        """Delete a deployment's files and manifest. Other deployments keep their own copies."""
+        """Delete a deployment's manifest, and the files it serves once no other deployment does.
+
+        An owner whose files are shared keeps them and loses only its manifest; the last sharer of an
+        owner removed before takes the files with it. Removing never races a new share of the same
+        files: a deployment only shares the files of the LIVE deployment's owner, and the pipeline
+        never publishes while the live deployment could be removed (gc never removes the live
+        deployment, and rollback and promote are refused while a deployment is active), so the live
+        deployment (the owner itself, or a sharer with its record) keeps them all that time.
+        """
         self.check_bucket()
-        keys = sorted(self._list(self._prefix(project_id, deployment_id)))
-        keys.append(self._manifest_key(project_id, deployment_id))
+        published = self._published(project_id, deployment_id)
+        # Removed already, or never published completely: whatever is left is under its own prefix.
+        owner = published.owner if published else deployment_id
+        own_record = self._share_key(project_id, owner, deployment_id)
+        others = self._list(self._sharers_prefix(project_id, owner)) - {own_record}
+        # The files go with the last deployment that serves them: no other sharer, and their owner is
+        # this deployment or was removed before.
+        last = not others and (owner == deployment_id or not self._has_manifest(project_id, owner))
+        keys = sorted(self._list(self._prefix(project_id, owner))) if last else []
+        if owner != deployment_id:
+            keys.append(own_record)
+        self._delete(keys)
+        # The manifest goes last: until it is gone, a retried remove still finds the owner it names.
+        self._delete([self._manifest_key(project_id, deployment_id)])
+        with self._lock:
+            self._manifests.pop((project_id, deployment_id), None)
+
+    def _delete(self, keys: list[str]) -> None:
         for start in range(0, len(keys), 1000):
             batch = [{"Key": key} for key in keys[start : start + 1000]]
             response = self._call(
@@ -485,5 +588,3 @@ class S3Target:
                 raise ProviderError(
                     f"S3: could not delete {first.get('Key')}: {first.get('Code')}", retryable=True
                 )
-        with self._lock:
-            self._manifests.pop((project_id, deployment_id), None)

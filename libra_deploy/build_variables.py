@@ -1,14 +1,9 @@
 """Build environment variables of a project: checked names, values encrypted at rest, never shown.
 
-Values are encrypted with Fernet (the ``cryptography`` package: AES-128-CBC with an HMAC-SHA256) under
-the keys of ENCRYPTION_KEY, comma-separated: the first encrypts and any of them decrypts, so a key is
-rotated by putting a new one first and running ``libra-deploy variables reencrypt``. Without
-ENCRYPTION_KEY, outside production, a key is generated once into ``$LIBRA_DATA_DIR/encryption.key``
-(mode 0600, beside the database it protects, as the demo token of ``libra-deploy up``), so the
-embedded default needs no setting; in production ENCRYPTION_KEY is required as soon as a variable
-is stored or a project that has some builds. What is encrypted is the project id, the name and the
-value together: a ciphertext copied onto another row (another project, another name) does not
-decrypt there.
+Values are encrypted under the keys of ENCRYPTION_KEY (:mod:`libra_deploy.secrets_at_rest`, which
+webhook secrets share); in production ENCRYPTION_KEY is required as soon as a variable is stored or a
+project that has some builds. A value is sealed with its project id and name: a ciphertext copied
+onto another row (another project, another name) does not decrypt there.
 
 The API returns names, versions and dates, never a value. Values reach the install and build
 commands of the build step only (as Vercel and Cloudflare Pages pass them), never validate, sync,
@@ -22,24 +17,17 @@ there. The names and versions it was built with are recorded on it (``buildVaria
 
 from __future__ import annotations
 
-import contextlib
-import functools
-import json
-import os
 import re
-import tempfile
 from dataclasses import dataclass
-from pathlib import Path
 
-from cryptography.fernet import Fernet, InvalidToken, MultiFernet
+from cryptography.fernet import MultiFernet
 from sqlalchemy import select
 from sqlalchemy.orm import Session
 
-from libra_deploy import accounts
+from libra_deploy import accounts, secrets_at_rest
 from libra_deploy.config import Settings
-from libra_deploy.errors import ConfigError, InvalidInput, NotFound, ServiceUnavailable, StepError
+from libra_deploy.errors import ConfigError, InvalidInput, NotFound, StepError
 from libra_deploy.models import Project, ProjectVariable
-from libra_deploy.redact import register_secrets
 
 #: POSIX: letters, digits and underscores, not starting with a digit.
 NAME = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
@@ -49,7 +37,6 @@ MAX_VARIABLES = 100
 #: Names and values together, as on Vercel: far below what one exec() may carry (ARG_MAX), which a
 #: provider passing them on a command line (Daytona) needs too.
 MAX_TOTAL_BYTES = 64 * 1024
-KEY_FILE = "encryption.key"
 
 #: Names the sandbox sets itself, or that change how the shell and the dynamic loader behave: the
 #: sandbox's own tools (bubblewrap, prlimit) start with the build's environment, outside the sandbox.
@@ -112,70 +99,18 @@ def _validate_value(value: str) -> str:
     return value
 
 
-# Keys ---------------------------------------------------------------------------------------------
-
-
-def keyring(settings: Settings) -> MultiFernet | None:
-    """The Fernet keys of the build variables, or None in production when ENCRYPTION_KEY is unset."""
-    return _keyring(settings.encryption_keys, str(settings.data_dir), settings.environment == "production")
-
-
-@functools.lru_cache(maxsize=8)
-def _keyring(keys: tuple[str, ...], data_dir: str, production: bool) -> MultiFernet | None:
-    if not keys:
-        if production:
-            return None
-        keys = (_generated_key(Path(data_dir)),)
-    # The keys are the service's own secrets: no text it shows may carry one.
-    register_secrets(keys)
-    return MultiFernet([Fernet(key) for key in keys])
-
-
-def _generated_key(data_dir: Path) -> str:
-    """The key of ``$LIBRA_DATA_DIR/encryption.key``, generated on first use."""
-    path = data_dir / KEY_FILE
-    if not path.exists():
-        data_dir.mkdir(parents=True, exist_ok=True)
-        # Written to a private file (mkstemp makes it 0600) and linked into place: two processes
-        # starting at once agree on one key, since the second link fails and it reads the first's.
-        fd, temporary = tempfile.mkstemp(dir=data_dir, prefix=".encryption-key-")
-        try:
-            with os.fdopen(fd, "w") as f:
-                f.write(Fernet.generate_key().decode() + "\n")
-            with contextlib.suppress(FileExistsError):
-                os.link(temporary, path)
-        finally:
-            os.unlink(temporary)
-    key = path.read_text().strip()
-    try:
-        Fernet(key)
-    except ValueError:
-        raise ConfigError("ENCRYPTION_KEY", f"is unset and {path} does not hold a Fernet key") from None
-    return key
-
-
-def _missing_key() -> ServiceUnavailable:
-    return ServiceUnavailable(
-        "build variables need ENCRYPTION_KEY, which the service was started without (it is required "
-        "when ENVIRONMENT is production)",
-        code="ENCRYPTION_KEY_MISSING",
-    )
+# Encryption ---------------------------------------------------------------------------------------
 
 
 def _encrypt(fernet: MultiFernet, project_id: str, name: str, value: str) -> str:
-    plain = json.dumps({"project": project_id, "name": name, "value": value}).encode()
-    return fernet.encrypt(plain).decode("ascii")
+    return secrets_at_rest.seal(fernet, value, {"project": project_id, "name": name})
 
 
 def _decrypt(fernet: MultiFernet, variable: ProjectVariable) -> str:
     """The value, or ValueError when no key decrypts it or it was not stored for this variable."""
-    try:
-        plain = json.loads(fernet.decrypt(variable.ciphertext.encode("ascii")))
-    except InvalidToken:
-        raise ValueError("none of the keys of ENCRYPTION_KEY decrypts it") from None
-    if plain.get("project") != variable.project_id or plain.get("name") != variable.name:
-        raise ValueError("its ciphertext belongs to another variable")
-    return str(plain["value"])
+    return secrets_at_rest.unseal(
+        fernet, variable.ciphertext, {"project": variable.project_id, "name": variable.name}
+    )
 
 
 # Use cases ----------------------------------------------------------------------------------------
@@ -199,9 +134,7 @@ def set_variable(
     accounts.get_project(session, org_id, project_id)
     name = validate_name(name)
     value = _validate_value(value)
-    fernet = keyring(settings)
-    if fernet is None:
-        raise _missing_key()
+    fernet = secrets_at_rest.require_keyring(settings, "build variables")
     # The project's row lock serialises changes of its variables, so the limits hold under races.
     session.execute(select(Project.id).where(Project.id == project_id).with_for_update())
     variables = {
@@ -270,9 +203,9 @@ def for_build(session: Session, settings: Settings, project_id: str) -> BuildVar
     )
     if not variables:
         return BuildVariables({}, {})
-    fernet = keyring(settings)
+    fernet = secrets_at_rest.keyring(settings)
     if fernet is None:
-        raise StepError(_missing_key().message, code="ENCRYPTION_KEY_MISSING")
+        raise StepError(secrets_at_rest.missing_key("build variables").message, code="ENCRYPTION_KEY_MISSING")
     values = {}
     for variable in variables:
         try:
@@ -291,9 +224,7 @@ def reencrypt(session: Session, settings: Settings) -> int:
 
     After a rotation (a new key first, the old one after it) this lets the old key be dropped.
     """
-    fernet = keyring(settings)
-    if fernet is None:
-        raise _missing_key()
+    fernet = secrets_at_rest.require_keyring(settings, "build variables")
     changed = 0
     for variable in session.scalars(select(ProjectVariable).with_for_update()):
         # Decrypting first proves the token belongs to this row before it is given a fresh one.

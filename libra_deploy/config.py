@@ -212,8 +212,8 @@ class Settings:
     sse_keepalive_s: float = 15.0
     #: How often a live-log stream looks for new lines in the database.
     sse_poll_s: float = 0.5
-    #: Fernet keys of the build variables (ENCRYPTION_KEY, comma-separated): the first encrypts,
-    #: any of them decrypts, so a key is rotated by putting the new one first.
+    #: Fernet keys of the build variables and webhook secrets (ENCRYPTION_KEY, comma-separated): the
+    #: first encrypts, any of them decrypts, so a key is rotated by putting the new one first.
     encryption_keys: tuple[str, ...] = field(default=(), repr=False)
     extra: Mapping[str, str] = field(default_factory=dict, repr=False, compare=False)
 

@@ -371,9 +371,11 @@ class Webhook(Base):
     project_id: Mapped[str] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"), index=True)
     org_id: Mapped[str] = mapped_column(ForeignKey("organizations.id", ondelete="CASCADE"))
     url: Mapped[str] = mapped_column(String(2048))
-    #: The signing key. The service must read it back to sign, so it cannot be hashed; it is shown
-    #: once at creation and never returned or logged afterwards.
-    secret: Mapped[str] = mapped_column(String(100))
+    #: The signing key. The service must read it back to sign, so it cannot be hashed: it is stored
+    #: encrypted under ENCRYPTION_KEY, sealed with the webhook's id (see ``webhooks``). A value that
+    #: starts with ``whsec_`` was stored in plaintext before revision 0009 and is read as is until
+    #: ``libra-deploy reencrypt`` encrypts it. Shown once at creation, never returned or logged.
+    secret: Mapped[str] = mapped_column(Text)
     #: The event types delivered, e.g. ["deployment.completed", "deployment.failed"].
     events: Mapped[list[str]] = mapped_column(JSON, default=list)
     description: Mapped[str] = mapped_column(String(200), default="")

@@ -6,8 +6,8 @@
 * the credentials of ``Authorization`` headers and ``Bearer`` tokens;
 * values given to names that say they are secret (``password=...``, ``"api_key": "..."``,
   ``DB_TOKEN=...``);
-* tokens whose shape gives them away (our own ``ldt_``/``lds_`` credentials, GitHub, npm, AWS,
-  Slack, Stripe and E2B keys, JSON web tokens, PEM private keys);
+* tokens whose shape gives them away (our own ``ldt_``/``lds_`` credentials and ``whsec_`` webhook
+  secrets, GitHub, npm, AWS, Slack, Stripe and E2B keys, JSON web tokens, PEM private keys);
 * the values of the service's own secret settings, registered at start-up with
   :func:`register_secrets`.
 
@@ -49,6 +49,7 @@ _KNOWN_TOKENS = re.compile(
     "|".join(
         (
             r"\bld[ts]_[A-Za-z0-9_-]{20,}",  # our API tokens and session values
+            r"\bwhsec_[A-Za-z0-9_-]{20,}",  # our webhook signing secrets
             r"\bgh[pousr]_[A-Za-z0-9]{30,}",  # GitHub tokens
             r"\bgithub_pat_[A-Za-z0-9_]{40,}",
             r"\bnpm_[A-Za-z0-9]{30,}",
@@ -65,7 +66,7 @@ _KNOWN_TOKENS = re.compile(
 #: Cheap tests that a line may hold one of the above: most lines hold none, and the full patterns
 #: cost tens of microseconds a line (a build prints thousands).
 _KNOWN_TOKEN_HINT = re.compile(
-    r"ld[ts]_|gh[pousr]_|github_pat_|npm_|AKIA|ASIA|xox|k_live_|k_test_|e2b_|dtn_|eyJ|-----BEGIN"
+    r"ld[ts]_|whsec_|gh[pousr]_|github_pat_|npm_|AKIA|ASIA|xox|k_live_|k_test_|e2b_|dtn_|eyJ|-----BEGIN"
 )
 _SECRET_WORD = re.compile(
     r"(?i)passw|secret|token|api[_-]?key|apikey|access[_-]?key|private[_-]?key|credential|session[_-]?id|cookie"

@@ -10,10 +10,18 @@ compares it in constant time, and refuses timestamps older than a few minutes (r
 ``Libra-Event`` (the event type) and ``Libra-Delivery`` (the delivery id, the same on every attempt:
 a receiver that has seen it may answer 2xx and ignore the copy).
 
+Secrets are stored encrypted under ENCRYPTION_KEY (:mod:`libra_deploy.secrets_at_rest`), sealed with
+the webhook's id so that a ciphertext copied onto another webhook does not open there; a database
+dump or a read-only SQL injection yields no key to sign with. A stored value starting with
+``whsec_`` is a secret kept in plaintext before they were encrypted (revision 0009): it signs as is
+until :func:`reencrypt_secrets` encrypts it.
+
 Deliveries are an outbox: :func:`record_event` adds one row per webhook in the transaction that
 finishes the deployment, the task layer publishes them after the commit, and the outbox relay
 publishes any that were committed but never published. An attempt is a POST with a timeout; a 2xx
-answer delivers, anything else is tried again with exponential backoff until WEBHOOK_MAX_ATTEMPTS.
+answer delivers, anything else is tried again with exponential backoff until WEBHOOK_MAX_ATTEMPTS,
+except an error that another attempt would meet again (a secret no key decrypts), which fails the
+delivery at once.
 
 URLs must resolve to public addresses (unless WEBHOOK_ALLOW_PRIVATE=1): checked when the webhook is
 created and again at every attempt, and the attempt connects to the very address it checked, so a
@@ -31,22 +39,23 @@ import secrets
 import socket
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from enum import StrEnum
 from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import requests
+from cryptography.fernet import MultiFernet
 from requests.adapters import HTTPAdapter
 from sqlalchemy import select, update
 from sqlalchemy.orm import Session
 
-from libra_deploy import __version__, accounts
+from libra_deploy import __version__, accounts, secrets_at_rest
 from libra_deploy.auth import Principal
 from libra_deploy.config import Settings
 from libra_deploy.db import insert_ignoring_duplicates, utcnow
-from libra_deploy.errors import InvalidInput, NotFound
+from libra_deploy.errors import ConfigError, InvalidInput, NotFound
 from libra_deploy.models import Deployment, Webhook, WebhookDelivery, new_id
 from libra_deploy.redact import redact_text
 
@@ -76,6 +85,63 @@ def sign(secret: str, timestamp: int, body: bytes) -> str:
 
 def new_secret() -> str:
     return SECRET_PREFIX + secrets.token_urlsafe(32)
+
+
+# Secrets at rest ----------------------------------------------------------------------------------
+
+
+def _seal_secret(fernet: MultiFernet, webhook_id: str, secret: str) -> str:
+    return secrets_at_rest.seal(fernet, secret, {"webhook": webhook_id})
+
+
+def _is_plaintext(stored: str) -> bool:
+    # Fernet tokens are URL-safe base64 starting with "gAAAAA": they never start with the prefix.
+    return stored.startswith(SECRET_PREFIX)
+
+
+def signing_secret(settings: Settings, webhook_id: str, stored: str) -> str:
+    """The secret to sign with from its stored value; ValueError saying why it cannot be read.
+
+    The error's message holds neither the secret nor its ciphertext.
+    """
+    if _is_plaintext(stored):
+        return stored
+    fernet = secrets_at_rest.keyring(settings)
+    if fernet is None:
+        raise ValueError(secrets_at_rest.missing_key("webhook secrets").message)
+    return secrets_at_rest.unseal(fernet, stored, {"webhook": webhook_id})
+
+
+@dataclass(frozen=True)
+class Reencrypted:
+    """What :func:`reencrypt_secrets` changed."""
+
+    count: int
+    #: Of those, the ones stored in plaintext until now.
+    were_plaintext: int
+
+
+def reencrypt_secrets(session: Session, settings: Settings) -> Reencrypted:
+    """Encrypt every webhook secret with the first key of ENCRYPTION_KEY, plaintext ones included.
+
+    After a rotation (a new key first, the old one after it) this lets the old key be dropped; after
+    revision 0009 it encrypts the secrets stored before it.
+    """
+    fernet = secrets_at_rest.require_keyring(settings, "webhook secrets")
+    changed = plaintext = 0
+    for webhook in session.scalars(select(Webhook).with_for_update()):
+        # Reading first proves a ciphertext belongs to this row before it is given a fresh one.
+        try:
+            secret = signing_secret(settings, webhook.id, webhook.secret)
+        except ValueError as exc:
+            raise ConfigError(
+                "ENCRYPTION_KEY", f"cannot decrypt the secret of webhook {webhook.id}: {exc}"
+            ) from None
+        plaintext += _is_plaintext(webhook.secret)
+        webhook.secret = _seal_secret(fernet, webhook.id, secret)
+        changed += 1
+    session.flush()
+    return Reencrypted(changed, plaintext)
 
 
 # Where requests may go ------------------------------------------------------------------------------
@@ -136,6 +202,8 @@ class AttemptResult:
     ok: bool
     status_code: int | None
     error: str | None
+    #: False when another attempt would fail the same way: the delivery fails at once.
+    retryable: bool = True
 
 
 def post_event(
@@ -198,7 +266,10 @@ def create(
     events: Sequence[str] | None = None,
     description: str = "",
 ) -> tuple[Webhook, str]:
-    """Add a webhook to the project; return it and its secret (the only time the secret is shown)."""
+    """Add a webhook to the project; return it and its secret (the only time the secret is shown).
+
+    The secret is stored encrypted: without ENCRYPTION_KEY in production nothing is added (503).
+    """
     project = accounts.get_project(session, principal.org_id, project_id)
     if len(url) > 2048:
         raise InvalidInput("a webhook URL may be at most 2048 characters", details={"field": "url"})
@@ -208,13 +279,18 @@ def create(
         raise InvalidInput(
             f"a project may have at most {MAX_WEBHOOKS_PER_PROJECT} webhooks", code="TOO_MANY_WEBHOOKS"
         )
+    chosen_events = _check_events(events)
+    fernet = secrets_at_rest.require_keyring(settings, "webhook secrets")
+    # The id is chosen here, not at the flush: the secret is sealed with it.
+    webhook_id = new_id("whk")
     secret = new_secret()
     webhook = Webhook(
+        id=webhook_id,
         project_id=project.id,
         org_id=principal.org_id,
         url=url,
-        secret=secret,
-        events=_check_events(events),
+        secret=_seal_secret(fernet, webhook_id, secret),
+        events=chosen_events,
         description=description.strip()[:200],
     )
     session.add(webhook)
@@ -367,8 +443,10 @@ def mark_unpublished(session: Session, delivery_ids: list[str]) -> None:
 class Attempt:
     delivery_id: str
     deployment_id: str
+    webhook_id: str
     url: str
-    secret: str
+    #: As the database holds it (see :func:`signing_secret`); kept out of the repr all the same.
+    stored_secret: str = field(repr=False)
     event: str
     payload: dict[str, Any]
     number: int
@@ -389,12 +467,25 @@ def begin_attempt(session: Session, delivery_id: str, now: datetime) -> Attempt 
     return Attempt(
         delivery.id,
         delivery.deployment_id,
+        webhook.id,
         webhook.url,
         webhook.secret,
         delivery.event,
         dict(delivery.payload),
         delivery.attempts,
     )
+
+
+def send(attempt: Attempt, settings: Settings) -> AttemptResult:
+    """Sign the attempt's event with its webhook's secret and POST it once."""
+    try:
+        secret = signing_secret(settings, attempt.webhook_id, attempt.stored_secret)
+    except ValueError as exc:
+        # The next attempt would read the same value with the same keys: fail now, saying why.
+        return AttemptResult(
+            False, None, f"not sent: the webhook's secret cannot be decrypted: {exc}", retryable=False
+        )
+    return post_event(attempt.url, secret, attempt.delivery_id, attempt.event, attempt.payload, settings)
 
 
 def retry_delay(attempts_so_far: int, base_s: float) -> float:
@@ -418,7 +509,7 @@ def finish_attempt(
         delivery.delivered_at = now
         delivery.next_attempt_at = None
         return None
-    if delivery.attempts >= settings.webhook_max_attempts:
+    if not result.retryable or delivery.attempts >= settings.webhook_max_attempts:
         delivery.status = DeliveryStatus.FAILED
         delivery.next_attempt_at = None
         return None

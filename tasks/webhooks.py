@@ -24,9 +24,7 @@ def deliver(self: Task, delivery_id: str) -> None:
     if attempt is None:
         return
     with bind(deployment=attempt.deployment_id):
-        result = webhooks.post_event(
-            attempt.url, attempt.secret, attempt.delivery_id, attempt.event, attempt.payload, runtime.settings
-        )
+        result = webhooks.send(attempt, runtime.settings)
         with transaction(runtime.sessions) as session:
             delay = webhooks.finish_attempt(session, runtime.settings, delivery_id, result, utcnow())
         if result.ok:

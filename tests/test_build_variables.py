@@ -12,7 +12,7 @@ import pytest
 from cryptography.fernet import Fernet
 from sqlalchemy import select
 
-from libra_deploy import accounts, build_variables
+from libra_deploy import accounts, build_variables, secrets_at_rest
 from libra_deploy.auth import Principal
 from libra_deploy.config import Settings
 from libra_deploy.db import make_engine, make_sessionmaker, transaction
@@ -164,19 +164,19 @@ def test_values_are_encrypted_at_rest_and_bound_to_their_variable(client, runtim
 
 def test_without_encryption_key_a_private_key_file_is_made_outside_production(tmp_path):
     settings = Settings.from_env({"LIBRA_DATA_DIR": str(tmp_path)})
-    first = build_variables.keyring(settings)
-    key_file = tmp_path / build_variables.KEY_FILE
+    first = secrets_at_rest.keyring(settings)
+    key_file = tmp_path / secrets_at_rest.KEY_FILE
     assert first is not None
     assert stat.S_IMODE(os.stat(key_file).st_mode) == 0o600
     token = first.encrypt(b"x")
     # Another process (a fresh cache) on the same directory gets the same key.
-    build_variables._keyring.cache_clear()
-    again = build_variables.keyring(settings)
+    secrets_at_rest._keyring.cache_clear()
+    again = secrets_at_rest.keyring(settings)
     assert again is not None
     assert again.decrypt(token) == b"x"
     production = Settings.from_env({"LIBRA_DATA_DIR": str(tmp_path / "prod"), "ENVIRONMENT": "production"})
-    assert build_variables.keyring(production) is None
-    assert not (tmp_path / "prod" / build_variables.KEY_FILE).exists()
+    assert secrets_at_rest.keyring(production) is None
+    assert not (tmp_path / "prod" / secrets_at_rest.KEY_FILE).exists()
 
 
 def test_in_production_without_encryption_key_variables_are_refused(client, settings, tenant):

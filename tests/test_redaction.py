@@ -43,6 +43,7 @@ TEXTS = [
     ("client_secret: zzzz9999", "zzzz9999", "client_secret: ***"),
     ("Set-Cookie: session=lds_abc", "lds_abc", "Set-Cookie: ***"),
     ("token ldt_" + "A" * 43 + " leaked", "ldt_" + "A" * 43, "token *** leaked"),
+    ("signed with whsec_" + "e-4_" * 11, "whsec_" + "e-4_" * 11, "signed with ***"),
     ("ghp_" + "b" * 36, "ghp_" + "b" * 36, "***"),
     ("npm_" + "c" * 36, "npm_" + "c" * 36, "***"),
     ("AKIAABCDEFGHIJKLMNOP is the key id", "AKIAABCDEFGHIJKLMNOP", "*** is the key id"),

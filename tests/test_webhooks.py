@@ -6,18 +6,37 @@ import dataclasses
 import hashlib
 import hmac
 import json
+import logging
+import os
 import threading
 import time
+import uuid
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import psycopg
 import pytest
+from cryptography.fernet import Fernet
+from sqlalchemy import func, select, text
 
-from libra_deploy import webhooks
-from libra_deploy.db import transaction
+from libra_deploy import accounts, webhooks
+from libra_deploy.auth import Principal
+from libra_deploy.config import Settings
+from libra_deploy.db import make_engine, make_sessionmaker, transaction
 from libra_deploy.errors import InvalidInput
-from libra_deploy.models import Deployment, WebhookDelivery
+from libra_deploy.migrate import upgrade
+from libra_deploy.models import Deployment, Webhook, WebhookDelivery
 from tasks.recovery import relay_outbox
-from tests.helpers import deploy, deploy_completed, failing_build, new_project, slow_printing_build, wait_for
+from tests.conftest import PG_ADMIN_URL, _pg_url
+from tests.helpers import (
+    cli,
+    custom_app,
+    deploy,
+    deploy_completed,
+    failing_build,
+    new_project,
+    slow_printing_build,
+    wait_for,
+)
 from tests.service import wait_until
 
 SITE = {"index.html": "<h1>hooked</h1>"}
@@ -257,3 +276,178 @@ def test_creating_a_webhook_validates_it_and_deleting_removes_it(client, runtime
     assert client.get(f"/projects/{project}/webhooks", headers=tenant.headers).get_json()["webhooks"] == []
     again = client.delete(f"/projects/{project}/webhooks/{created['id']}", headers=tenant.headers)
     assert again.status_code == 404
+
+
+# Secrets at rest ----------------------------------------------------------------------------------
+
+
+def _stored_secret(runtime, webhook_id: str) -> str:
+    with runtime.sessions() as session:
+        return session.scalars(select(Webhook.secret).where(Webhook.id == webhook_id)).one()
+
+
+@pytest.mark.stack
+def test_the_secret_is_stored_encrypted_and_deliveries_verify_with_the_one_shown(
+    client, runtime, tenant, worker, receiver
+):
+    project = new_project(runtime, tenant)
+    hook = receiver()
+    created = _add_webhook(client, tenant, project, hook)
+
+    stored = _stored_secret(runtime, created["id"])
+    assert created["secret"] not in stored
+    assert created["secret"].removeprefix("whsec_") not in stored
+    assert webhooks.signing_secret(runtime.settings, created["id"], stored) == created["secret"]
+
+    deploy_completed(client, tenant, SITE, project_id=project)
+    wait_until(lambda: hook.requests, 30, "the webhook request")
+    assert hook.requests[0]["valid"], "the signature does not verify with the secret shown at creation"
+
+
+def test_a_ciphertext_copied_onto_another_webhook_fails_its_delivery_at_once_and_shows_neither(
+    client, runtime, tenant, worker, receiver, caplog
+):
+    caplog.set_level(logging.INFO)
+    project = new_project(runtime, tenant)
+    honest, moved = receiver(), receiver()
+    source = _add_webhook(client, tenant, project, honest)
+    target = _add_webhook(client, tenant, project, moved)
+    ciphertext = _stored_secret(runtime, source["id"])
+    # Whoever can write to the database but not read the key puts a known secret onto another row.
+    with transaction(runtime.sessions) as session:
+        session.get(Webhook, target["id"]).secret = ciphertext
+
+    deploy_completed(client, tenant, SITE, project_id=project)
+
+    (failed,) = wait_until(
+        lambda: [d for d in _deliveries(client, tenant, project, target["id"]) if d["status"] == "failed"],
+        30,
+        "the delivery with the moved secret to fail",
+    )
+    wait_until(lambda: honest.requests, 30, "the other webhook's request")
+    assert honest.requests[0]["valid"]
+    assert moved.requests == []
+    # The next attempt would read the same row with the same keys: no retries.
+    assert failed["attempts"] == 1
+    assert "cannot be decrypted" in failed["lastError"]
+    assert "another row" in failed["lastError"]
+    shown = json.dumps(_deliveries(client, tenant, project, target["id"])) + caplog.text
+    assert "cannot be decrypted" in caplog.text
+    for secret in (ciphertext, source["secret"], target["secret"]):
+        assert secret not in shown
+
+
+def test_in_production_without_encryption_key_no_webhook_is_created(client, runtime, settings, tenant):
+    project = new_project(runtime, tenant)
+    with custom_app(settings, environment="production", encryption_keys=()) as app:
+        response = app.test_client().post(
+            f"/projects/{project}/webhooks", json={"url": "http://127.0.0.1:9/hook"}, headers=tenant.headers
+        )
+    assert response.status_code == 503
+    assert response.get_json()["error"] == "ENCRYPTION_KEY_MISSING"
+    assert "webhook secrets need ENCRYPTION_KEY" in response.get_json()["message"]
+    with runtime.sessions() as session:
+        assert session.scalar(select(func.count()).where(Webhook.project_id == project)) == 0
+
+
+def test_in_production_without_encryption_key_an_encrypted_secret_is_not_sent_nor_retried(
+    client, runtime, settings, tenant, receiver
+):
+    project = new_project(runtime, tenant)
+    hook = receiver()
+    created = _add_webhook(client, tenant, project, hook)
+    production = dataclasses.replace(settings, environment="production", encryption_keys=())
+
+    stored = _stored_secret(runtime, created["id"])
+
+    result = webhooks.send(_attempt(created["id"], stored, hook), production)
+
+    assert not result.ok
+    assert not result.retryable
+    assert "ENCRYPTION_KEY" in (result.error or "")
+    assert stored not in (result.error or "")
+    assert hook.requests == []
+
+
+def _attempt(webhook_id: str, stored_secret: str, hook: Receiver) -> webhooks.Attempt:
+    return webhooks.Attempt(
+        delivery_id="whd_test",
+        deployment_id="dep_test",
+        webhook_id=webhook_id,
+        url=hook.url,
+        stored_secret=stored_secret,
+        event="deployment.completed",
+        payload={"id": "whd_test"},
+        number=1,
+    )
+
+
+@pytest.fixture
+def own_database():
+    """A PostgreSQL database of the test's own: re-encrypting touches every webhook of a database."""
+    name = f"libra_webhook_keys_{uuid.uuid4().hex[:10]}"
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    yield _pg_url(name)
+    with psycopg.connect(PG_ADMIN_URL, autocommit=True) as conn:
+        conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def test_reencrypt_encrypts_plaintext_secrets_and_moves_old_key_ones_to_the_first_key(own_database, receiver):
+    old, new = Fernet.generate_key().decode(), Fernet.generate_key().decode()
+
+    def keyed(*keys: str) -> dict[str, str]:
+        return {**os.environ, "DATABASE_URL": own_database, "ENCRYPTION_KEY": ",".join(keys)}
+
+    def signs(keys: tuple[str, ...], webhook_id: str, secret: str) -> bool:
+        hook.secret = secret
+        result = webhooks.send(
+            _attempt(webhook_id, stored[webhook_id], hook), Settings.from_env(keyed(*keys))
+        )
+        return result.ok and hook.requests[-1]["valid"]
+
+    def read_stored() -> dict[str, str]:
+        with sessions() as session:
+            return {row.id: row.secret for row in session.execute(select(Webhook.id, Webhook.secret))}
+
+    hook = receiver()
+    settings = Settings.from_env(keyed(old))
+    upgrade(settings.database_url)
+    engine = make_engine(settings.database_url)
+    sessions = make_sessionmaker(engine)
+    try:
+        with transaction(sessions) as session:
+            org = accounts.create_organization(session, "keys")
+            project = accounts.create_project(session, org.id, "hooked")
+            principal = Principal(org.id, "usr_test", "tok_test")
+            encrypted, encrypted_secret = webhooks.create(session, settings, principal, project.id, hook.url)
+            legacy, _ = webhooks.create(session, settings, principal, project.id, hook.url)
+            encrypted_id, legacy_id = encrypted.id, legacy.id
+        # As revision 0008 stored it.
+        legacy_secret = webhooks.new_secret()
+        with transaction(sessions) as session:
+            session.execute(
+                text("UPDATE webhooks SET secret = :secret WHERE id = :id"),
+                {"secret": legacy_secret, "id": legacy_id},
+            )
+        stored = read_stored()
+        assert signs((new, old), encrypted_id, encrypted_secret)
+        assert signs((new, old), legacy_id, legacy_secret)
+
+        result = cli("reencrypt", env=keyed(new, old))
+
+        assert result.returncode == 0, result.stderr
+        assert "re-encrypted 0 build variables and 2 webhook secrets (1 of them stored in plaintext" in (
+            result.stderr
+        )
+        stored = read_stored()
+        assert legacy_secret not in stored[legacy_id]
+        for webhook_id, secret in ((encrypted_id, encrypted_secret), (legacy_id, legacy_secret)):
+            assert signs((new,), webhook_id, secret)
+            with pytest.raises(ValueError, match="none of the keys"):
+                webhooks.signing_secret(Settings.from_env(keyed(old)), webhook_id, stored[webhook_id])
+        # The alias the runbooks written for build variables call does the same.
+        again = cli("variables", "reencrypt", env=keyed(new))
+        assert "and 2 webhook secrets (0 of them stored in plaintext" in again.stderr
+    finally:
+        engine.dispose()

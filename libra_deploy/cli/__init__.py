@@ -36,7 +36,15 @@ def main() -> None:
 def _register() -> None:
     from libra_deploy.cli import dlq, maintenance, operators, up, user
 
-    for command in (*operators.COMMANDS, *user.COMMANDS, dlq.dlq, maintenance.gc, up.up, up.migrate_command):
+    for command in (
+        *operators.COMMANDS,
+        *user.COMMANDS,
+        dlq.dlq,
+        maintenance.gc,
+        maintenance.reencrypt,
+        up.up,
+        up.migrate_command,
+    ):
         main.add_command(command)
     main.add_command(maintenance.variables)
 

@@ -1,4 +1,4 @@
-"""Maintenance commands: ``libra-deploy gc``, ``libra-deploy variables reencrypt``."""
+"""Maintenance commands: ``libra-deploy gc``, ``libra-deploy reencrypt``."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import json
 
 import click
 
-from libra_deploy import build_variables, migrate
+from libra_deploy import build_variables, migrate, webhooks
 from libra_deploy.cli.operators import database
 from libra_deploy.config import Settings
 from libra_deploy.retention import collect_garbage
@@ -42,19 +42,32 @@ def gc(dry_run: bool) -> None:
         raise SystemExit(1)
 
 
+@click.command("reencrypt")
+def reencrypt() -> None:
+    """Encrypt every stored secret again with the first key of ENCRYPTION_KEY.
+
+    Build variables and webhook secrets, in one transaction, including the webhook secrets stored
+    in plaintext before they were encrypted. Rotating the key: put the new key first in
+    ENCRYPTION_KEY and the old one after it, restart, run this, then drop the old key.
+    """
+    settings = Settings.from_env()
+    with database() as session:
+        variables_count = build_variables.reencrypt(session, settings)
+        hooks = webhooks.reencrypt_secrets(session, settings)
+    click.echo(
+        f"re-encrypted {variables_count} build variables and {hooks.count} webhook secrets "
+        f"({hooks.were_plaintext} of them stored in plaintext until now) with the first key of "
+        "ENCRYPTION_KEY",
+        err=True,
+    )
+
+
 @click.group()
 def variables() -> None:
     """Build variables."""
 
 
-@variables.command("reencrypt")
-def reencrypt() -> None:
-    """Encrypt every build variable again with the first key of ENCRYPTION_KEY.
-
-    Rotating the key: put the new key first in ENCRYPTION_KEY and the old one after it, restart,
-    run this, then drop the old key.
-    """
-    settings = Settings.from_env()
-    with database() as session:
-        count = build_variables.reencrypt(session, settings)
-    click.echo(f"re-encrypted {count} build variables with the first key of ENCRYPTION_KEY", err=True)
+# One key protects both kinds of secret, so one command re-encrypts both: a rotation cannot drop a
+# key that webhook secrets still need. ``variables reencrypt`` is that same command, for the
+# runbooks written before webhook secrets were encrypted.
+variables.add_command(reencrypt)

@@ -37,6 +37,7 @@ class Webhooks(MethodView):
     )
     @blp.alt_response(401, schema=ErrorSchema, description="Missing or invalid credentials")
     @blp.alt_response(404, schema=ErrorSchema, description="No such project in your organisation")
+    @blp.alt_response(503, schema=ErrorSchema, description="The service has no ENCRYPTION_KEY")
     def post(self, body: dict[str, Any], project_id: str) -> dict[str, Any]:
         """Add a webhook
 

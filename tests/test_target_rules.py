@@ -127,14 +127,17 @@ def test_s3_objects_carry_the_headers_and_permanent_redirects_that_map(s3, tmp_p
     assert "rules with splats or placeholders (/blog/*, /app/*) cannot be S3 redirect objects" in warnings
     assert len(published.warnings) == 4
 
-    # A redeploy copies the objects inside the bucket, with the same translation.
+    # A redeploy that changes one file uploads it and copies the other objects inside the bucket,
+    # with the same translation. (An unchanged one would share the first one's objects: test_s3.py.)
     target.activate(project, first)
     s3.start_recording()
-    again = target.publish(project, second, manifest, store)
-    assert again.uploaded_files == 0
+    changed = {**manifest, **_site(store, {"guide.pdf": b"%PDF-1.7"})}
+    again = target.publish(project, second, changed, store)
+    assert again.uploaded_files == 1
     assert sorted(s3.uploads(target.bucket, f"sites/{project}/{second}/")) == [
-        f"{target.bucket}/sites/{project}/{second}/{name}" for name in ("moved", "twitter")
+        f"{target.bucket}/sites/{project}/{second}/{name}" for name in ("guide.pdf", "moved", "twitter")
     ]
+    assert head(second, "guide.pdf")["ContentDisposition"] == "attachment"
     assert head(second, "assets/app.js")["CacheControl"] == "public, max-age=600"
     assert head(second, "old.html")["WebsiteRedirectLocation"] == f"/sites/{project}/{second}/new.html"
 

@@ -11,7 +11,7 @@ from dataclasses import dataclass, fields
 from datetime import datetime
 from typing import Any
 
-from sqlalchemy import bindparam, select
+from sqlalchemy import bindparam, null, select, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -229,6 +229,8 @@ class StatusView:
     expired_at: datetime | None
     build_variables: dict[str, int] | None
     steps: tuple[StepState, ...]
+    #: The newest log lines, oldest first, when they were read with the rest; else status_body reads them.
+    newest_lines: tuple[str, ...] | None = None
 
     @classmethod
     def of(cls, deployment: Deployment) -> StatusView:
@@ -239,40 +241,59 @@ class StatusView:
         return cls(**values, steps=steps)
 
 
-_DEPLOYMENT_FIELDS = tuple(f.name for f in fields(StatusView) if f.name != "steps")
+_DEPLOYMENT_FIELDS = tuple(f.name for f in fields(StatusView) if f.name not in ("steps", "newest_lines"))
 _STEP_FIELDS = tuple(f.name for f in fields(StepState))
 _deployments, _steps, _logs = Deployment.__table__.c, DeploymentStep.__table__.c, DeploymentLog.__table__.c
-#: A deployment and its steps in one round trip, on the tables (no ORM entity is built). Built once:
-#: a status read then neither constructs nor compiles a statement.
-_STATUS_QUERY = (
-    select(
-        *(_deployments[name] for name in _DEPLOYMENT_FIELDS),
-        *(_steps[name].label(f"step_{name}") for name in _STEP_FIELDS),
-    )
-    .select_from(Deployment.__table__)
-    .outerjoin(DeploymentStep.__table__, _steps.deployment_id == _deployments.id)
-    .where(_deployments.id == bindparam("deployment_id"))
-    .order_by(_steps.position)
-)
 _NEWEST_LINES = (
-    select(_logs.message)
+    select(_logs.id, _logs.message)
     .where(_logs.deployment_id == bindparam("deployment_id"))
     .order_by(_logs.id.desc())
     .limit(bindparam("lines"))
 )
-
-
-def _read_status(session: Session, deployment_id: str) -> StatusView | None:
-    rows = session.execute(_STATUS_QUERY, {"deployment_id": deployment_id}).all()
-    if not rows:
-        return None
-    first = rows[0]._mapping
-    steps = tuple(
-        StepState(**{name: row._mapping[f"step_{name}"] for name in _STEP_FIELDS})
-        for row in rows
-        if row._mapping["step_step"] is not None
+_newest = _NEWEST_LINES.subquery()
+#: What GET /deploy-status shows, in one round trip (a client polls it every second or so): the
+#: deployment joined to its steps, then its newest log lines, as rows of one shape (UNION ALL; the
+#: columns a row does not fill are NULL). On the tables, so no ORM entity is built, and built once,
+#: so that a status read neither constructs nor compiles a statement.
+_STATUS_QUERY = union_all(
+    select(
+        *(_deployments[name] for name in _DEPLOYMENT_FIELDS),
+        *(_steps[name].label(f"step_{name}") for name in _STEP_FIELDS),
+        _steps.position.label("step_position"),
+        null().label("log_id"),
+        null().label("log_message"),
     )
-    return StatusView(**{name: first[name] for name in _DEPLOYMENT_FIELDS}, steps=steps)
+    .select_from(Deployment.__table__)
+    .outerjoin(DeploymentStep.__table__, _steps.deployment_id == _deployments.id)
+    .where(_deployments.id == bindparam("deployment_id")),
+    select(
+        *(null().label(name) for name in _DEPLOYMENT_FIELDS),
+        *(null().label(f"step_{name}") for name in _STEP_FIELDS),
+        null().label("step_position"),
+        _newest.c.id,
+        _newest.c.message,
+    ),
+)
+
+
+def _read_status(session: Session, deployment_id: str, lines: int) -> StatusView | None:
+    rows = [
+        row._mapping
+        for row in session.execute(_STATUS_QUERY, {"deployment_id": deployment_id, "lines": lines})
+    ]
+    deployment = next((row for row in rows if row["log_id"] is None), None)
+    if deployment is None:
+        return None
+    steps = sorted(
+        (row for row in rows if row["log_id"] is None and row["step_step"] is not None),
+        key=lambda row: row["step_position"],
+    )
+    logged = sorted((row for row in rows if row["log_id"] is not None), key=lambda row: row["log_id"])
+    return StatusView(
+        **{name: deployment[name] for name in _DEPLOYMENT_FIELDS},
+        steps=tuple(StepState(**{name: row[f"step_{name}"] for name in _STEP_FIELDS}) for row in steps),
+        newest_lines=tuple(row["log_message"] for row in logged),
+    )
 
 
 def deployment_status(
@@ -287,10 +308,13 @@ def deployment_status(
 
     Another organisation's deployment is 404, unless DEPLOY_STATUS_PUBLIC makes every status public:
     then a caller outside the organisation (or with no credentials, ``org_id`` None) gets the body
-    with its logs and errors redacted. Two round trips: the deployment with its steps, then its
-    newest log lines.
+    with its logs and errors redacted.
     """
-    view = _read_status(session, deployment_id) if is_plausible_id(deployment_id) else None
+    view = (
+        _read_status(session, deployment_id, settings.status_log_lines)
+        if is_plausible_id(deployment_id)
+        else None
+    )
     if view is not None and org_id is not None and view.org_id == org_id:
         return status_body(session, settings, view, store)
     if view is not None and settings.deploy_status_public:
@@ -393,10 +417,13 @@ def status_body(
         if step.error:
             entry["error"] = step.error
         steps[step.step] = entry
-    lines = session.scalars(
-        _NEWEST_LINES, {"deployment_id": deployment.id, "lines": settings.status_log_lines}
-    ).all()
-    logs = list(reversed(lines))
+    if deployment.newest_lines is not None:
+        logs = list(deployment.newest_lines)
+    else:
+        newest = session.execute(
+            _NEWEST_LINES, {"deployment_id": deployment.id, "lines": settings.status_log_lines}
+        ).all()
+        logs = [message for _id, message in reversed(newest)]
     if public:
         logs = [redact_text(line) for line in logs]
         for entry in steps.values():

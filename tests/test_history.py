@@ -10,7 +10,7 @@ import pytest
 from sqlalchemy import func, select
 
 from libra_deploy.db import transaction, utcnow
-from libra_deploy.models import Deployment
+from libra_deploy.models import Deployment, DeploymentLog
 from tests.helpers import (
     deploy,
     deploy_completed,
@@ -18,6 +18,7 @@ from tests.helpers import (
     make_tenant,
     new_project,
     parse_sse,
+    queued_deployment,
     slow_printing_build,
     text_files,
     wait_for,
@@ -91,6 +92,26 @@ def test_deployment_details_show_source_durations_and_author(client, runtime, te
 
     other = make_tenant(runtime)
     assert client.get(f"/deployments/{deployment_id}", headers=other.headers).status_code == 404
+
+
+def test_the_status_shows_the_newest_log_lines_oldest_first_as_the_details_do(client, runtime, tenant):
+    deployment_id = queued_deployment(runtime, tenant)
+    with transaction(runtime.sessions) as session:
+        session.add_all(
+            DeploymentLog(deployment_id=deployment_id, step="build", message=f"line {n}") for n in range(150)
+        )
+    newest = [f"line {n}" for n in range(150 - runtime.settings.status_log_lines, 150)]
+
+    status = client.get(f"/deploy-status?id={deployment_id}", headers=tenant.headers).get_json()
+    details = client.get(f"/deployments/{deployment_id}", headers=tenant.headers).get_json()
+
+    assert status["logs"] == newest
+    assert details["logs"] == newest
+    assert list(status["steps"]) == ["validate", "sync", "sandbox", "build", "deploy", "cleanup"]
+    assert {name: step["status"] for name, step in status["steps"].items()} == dict.fromkeys(
+        status["steps"], "pending"
+    )
+    assert details["steps"] == status["steps"]
 
 
 def test_log_pages_continue_from_their_cursor(client, tenant, worker):

@@ -16,7 +16,8 @@ from typing import Any
 
 from libra_deploy import accounts, auth
 from libra_deploy.auth import Principal
-from libra_deploy.db import transaction
+from libra_deploy.db import make_engine, make_sessionmaker, transaction
+from libra_deploy.migrate import upgrade
 from libra_deploy.runtime import Runtime
 
 FINISHED = ("completed", "failed", "cancelled")
@@ -47,6 +48,18 @@ def make_tenant(runtime: Runtime, *, projects: int = 1) -> Tenant:
 def new_project(runtime: Runtime, tenant: Tenant, name: str | None = None) -> str:
     with transaction(runtime.sessions) as session:
         return accounts.create_project(session, tenant.org_id, name or f"site-{uuid.uuid4().hex[:8]}").id
+
+
+@contextmanager
+def migrated_sessions(database_url: str) -> Iterator[Any]:
+    """Sessions on a database of a test's own, migrated to head (re-encrypting, for one, touches
+    every row of a database)."""
+    upgrade(database_url)
+    engine = make_engine(database_url)
+    try:
+        yield make_sessionmaker(engine)
+    finally:
+        engine.dispose()
 
 
 def text_files(files: dict[str, str]) -> list[dict[str, str]]:

@@ -15,16 +15,24 @@ from sqlalchemy import select
 from libra_deploy import accounts, build_variables, secrets_at_rest
 from libra_deploy.auth import Principal
 from libra_deploy.config import Settings
-from libra_deploy.db import make_engine, make_sessionmaker, transaction
+from libra_deploy.db import transaction
 from libra_deploy.deployments import DeployRequest, start_deployment
 from libra_deploy.errors import ConfigError, StepError
-from libra_deploy.migrate import upgrade
 from libra_deploy.models import DeploymentLog, ProjectVariable
 from libra_deploy.redact import masker
 from libra_deploy.steps.build import build_log_key
 from libra_deploy.steps.cleanup import log_key
 from tasks import pipeline
-from tests.helpers import cli, custom_app, deploy, make_tenant, new_project, text_files, wait_for
+from tests.helpers import (
+    cli,
+    custom_app,
+    deploy,
+    make_tenant,
+    migrated_sessions,
+    new_project,
+    text_files,
+    wait_for,
+)
 
 
 def _put(client, tenant, project_id: str, name: str, value: str):
@@ -202,10 +210,7 @@ def test_keys_rotate_the_first_encrypts_and_any_decrypts(tmp_path):
         return {**os.environ, **env, "ENCRYPTION_KEY": ",".join(keys)}
 
     settings = Settings.from_env(keyed(old))
-    upgrade(settings.database_url)
-    engine = make_engine(settings.database_url)
-    sessions = make_sessionmaker(engine)
-    try:
+    with migrated_sessions(settings.database_url) as sessions:
         with transaction(sessions) as session:
             org = accounts.create_organization(session, "rotation")
             project = accounts.create_project(session, org.id, "rotated")
@@ -227,8 +232,6 @@ def test_keys_rotate_the_first_encrypts_and_any_decrypts(tmp_path):
             }
             with pytest.raises(StepError):
                 build_variables.for_build(session, Settings.from_env(keyed(old)), project.id)
-    finally:
-        engine.dispose()
 
 
 # Through the pipeline -----------------------------------------------------------------------------

@@ -21,9 +21,8 @@ from sqlalchemy import func, select, text
 from libra_deploy import accounts, webhooks
 from libra_deploy.auth import Principal
 from libra_deploy.config import Settings
-from libra_deploy.db import make_engine, make_sessionmaker, transaction
+from libra_deploy.db import transaction
 from libra_deploy.errors import InvalidInput
-from libra_deploy.migrate import upgrade
 from libra_deploy.models import Deployment, Webhook, WebhookDelivery
 from tasks.recovery import relay_outbox
 from tests.conftest import PG_ADMIN_URL, _pg_url
@@ -33,6 +32,7 @@ from tests.helpers import (
     deploy,
     deploy_completed,
     failing_build,
+    migrated_sessions,
     new_project,
     slow_printing_build,
     wait_for,
@@ -412,10 +412,7 @@ def test_reencrypt_encrypts_plaintext_secrets_and_moves_old_key_ones_to_the_firs
 
     hook = receiver()
     settings = Settings.from_env(keyed(old))
-    upgrade(settings.database_url)
-    engine = make_engine(settings.database_url)
-    sessions = make_sessionmaker(engine)
-    try:
+    with migrated_sessions(settings.database_url) as sessions:
         with transaction(sessions) as session:
             org = accounts.create_organization(session, "keys")
             project = accounts.create_project(session, org.id, "hooked")
@@ -449,5 +446,3 @@ def test_reencrypt_encrypts_plaintext_secrets_and_moves_old_key_ones_to_the_firs
         # The alias the runbooks written for build variables call does the same.
         again = cli("variables", "reencrypt", env=keyed(new))
         assert "and 2 webhook secrets (0 of them stored in plaintext" in again.stderr
-    finally:
-        engine.dispose()

@@ -198,7 +198,7 @@ def execute(ctx: StepContext) -> BuildResult:
         ctx.log(f"No build script: the {len(site)} source files{where} are the site")
         return BuildResult(site)
     # Read when the build starts: a variable deleted while the deployment waited is simply not there.
-    with ctx.runtime.sessions() as session:
+    with ctx.runtime.read_sessions() as session:
         variables = build_variables.for_build(session, ctx.runtime.settings, ctx.project.id)
     mask = masker(variables.values.values())
     provider, ref = sandbox.ensure(ctx)

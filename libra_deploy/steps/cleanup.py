@@ -25,7 +25,7 @@ def execute(ctx: StepContext) -> None:
         ctx.runtime.sandbox(deployment.sandbox_provider).destroy(deployment.sandbox_id)
         ctx.log(f"Sandbox {deployment.sandbox_id} destroyed")
     ctx.logs.flush()
-    with ctx.runtime.sessions() as session:
+    with ctx.runtime.read_sessions() as session:
         rows = session.execute(
             select(DeploymentLog.created_at, DeploymentLog.step, DeploymentLog.message)
             .where(DeploymentLog.deployment_id == deployment.id)

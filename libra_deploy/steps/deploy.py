@@ -41,7 +41,7 @@ def execute(ctx: StepContext) -> DeployResult:
     target = ctx.runtime.target
     if deployment.custom_domain:
         try:
-            with ctx.runtime.sessions() as session:
+            with ctx.runtime.read_sessions() as session:
                 domains.ensure_available(session, deployment.custom_domain, project_id=project.id)
         except Conflict as exc:
             raise StepError(exc.message, code=exc.code) from None

@@ -18,7 +18,7 @@ def execute(ctx: StepContext) -> None:
         raise StepError(f"project {project.id} does not belong to the organisation", code="PROJECT_NOT_FOUND")
     if not project.is_active:
         raise StepError(f"project {project.id} is not active", code="PROJECT_INACTIVE")
-    with ctx.runtime.sessions() as session:
+    with ctx.runtime.read_sessions() as session:
         reserved = quota.has_reservation(session, deployment.id)
     if not reserved:
         # POST /deploy reserves a unit before it queues anything; a deployment without one did not
@@ -29,7 +29,7 @@ def execute(ctx: StepContext) -> None:
     if deployment.custom_domain:
         try:
             domain = domains.normalize(deployment.custom_domain, ctx.runtime.settings)
-            with ctx.runtime.sessions() as session:
+            with ctx.runtime.read_sessions() as session:
                 domains.ensure_available(session, domain, project_id=project.id)
         except LibraError as exc:
             raise StepError(exc.message, code=exc.code) from None

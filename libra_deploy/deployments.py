@@ -207,7 +207,7 @@ class StatusView:
 
     GET /deploy-status reads it as rows (:func:`deployment_status`): a client polls it every second
     or so, and building ORM entities with their identity map cost more than the SQL. Views that
-    already hold a :class:`Deployment` take :meth:`of` it.
+    already hold a :class:`Deployment` take :func:`view_of` it.
     """
 
     id: str
@@ -229,16 +229,8 @@ class StatusView:
     expired_at: datetime | None
     build_variables: dict[str, int] | None
     steps: tuple[StepState, ...]
-    #: The newest log lines, oldest first, when they were read with the rest; else status_body reads them.
-    newest_lines: tuple[str, ...] | None = None
-
-    @classmethod
-    def of(cls, deployment: Deployment) -> StatusView:
-        values = {name: getattr(deployment, name) for name in _DEPLOYMENT_FIELDS}
-        steps = tuple(
-            StepState(**{name: getattr(step, name) for name in _STEP_FIELDS}) for step in deployment.steps
-        )
-        return cls(**values, steps=steps)
+    #: The newest STATUS_LOG_LINES log lines, oldest first.
+    newest_lines: tuple[str, ...]
 
 
 _DEPLOYMENT_FIELDS = tuple(f.name for f in fields(StatusView) if f.name not in ("steps", "newest_lines"))
@@ -296,6 +288,20 @@ def _read_status(session: Session, deployment_id: str, lines: int) -> StatusView
     )
 
 
+def view_of(session: Session, settings: Settings, deployment: Deployment) -> StatusView:
+    """The StatusView of a deployment already loaded; its newest log lines are read here."""
+    newest = session.execute(
+        _NEWEST_LINES, {"deployment_id": deployment.id, "lines": settings.status_log_lines}
+    ).all()
+    return StatusView(
+        **{name: getattr(deployment, name) for name in _DEPLOYMENT_FIELDS},
+        steps=tuple(
+            StepState(**{name: getattr(step, name) for name in _STEP_FIELDS}) for step in deployment.steps
+        ),
+        newest_lines=tuple(message for _id, message in reversed(newest)),
+    )
+
+
 def deployment_status(
     session: Session,
     settings: Settings,
@@ -316,9 +322,9 @@ def deployment_status(
         else None
     )
     if view is not None and org_id is not None and view.org_id == org_id:
-        return status_body(session, settings, view, store)
+        return status_body(settings, view, store)
     if view is not None and settings.deploy_status_public:
-        return status_body(session, settings, view, public=True)
+        return status_body(settings, view, public=True)
     raise NotFound(f"deployment {deployment_id} does not exist", code="DEPLOYMENT_NOT_FOUND")
 
 
@@ -392,7 +398,6 @@ def _iso(value: datetime | None) -> str | None:
 
 
 def status_body(
-    session: Session,
     settings: Settings,
     deployment: StatusView,
     store: ObjectStore | None = None,
@@ -417,13 +422,7 @@ def status_body(
         if step.error:
             entry["error"] = step.error
         steps[step.step] = entry
-    if deployment.newest_lines is not None:
-        logs = list(deployment.newest_lines)
-    else:
-        newest = session.execute(
-            _NEWEST_LINES, {"deployment_id": deployment.id, "lines": settings.status_log_lines}
-        ).all()
-        logs = [message for _id, message in reversed(newest)]
+    logs = list(deployment.newest_lines)
     if public:
         logs = [redact_text(line) for line in logs]
         for entry in steps.values():

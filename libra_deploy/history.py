@@ -24,7 +24,7 @@ from sqlalchemy.orm import Session
 from libra_deploy import accounts
 from libra_deploy.auth import Principal
 from libra_deploy.config import Settings
-from libra_deploy.deployments import DeployRequest, StatusView, get_deployment, start_deployment, status_body
+from libra_deploy.deployments import DeployRequest, get_deployment, start_deployment, status_body, view_of
 from libra_deploy.errors import Conflict, InvalidInput
 from libra_deploy.models import Deployment, DeploymentLog, DeploymentStatus, Project, User
 from libra_deploy.ports import ObjectStore
@@ -139,7 +139,7 @@ def _seconds(start: datetime | None, end: datetime | None) -> float | None:
 
 def detail(session: Session, settings: Settings, deployment: Deployment) -> dict[str, Any]:
     """The /deploy-status body, plus the source summary, durations per step and who started it."""
-    body = status_body(session, settings, StatusView.of(deployment))
+    body = status_body(settings, view_of(session, settings, deployment))
     project = session.get(Project, deployment.project_id)
     body.update(summary(settings, deployment, project.production_deployment_id if project else None))
     body["source"] = _tree(deployment.source_manifest)

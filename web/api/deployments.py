@@ -12,7 +12,7 @@ from flask import Response, request
 from flask.views import MethodView
 
 from libra_deploy import history, logstream
-from libra_deploy.deployments import StatusView, cancel, get_deployment, status_body
+from libra_deploy.deployments import cancel, get_deployment, status_body, view_of
 from libra_deploy.errors import InvalidInput
 from libra_deploy.models import FINISHED_STATUSES
 from libra_deploy.recovery import mark_unpublished
@@ -195,7 +195,8 @@ class Cancel(MethodView):
                 # Recorded with the cancel: the outbox relay publishes them.
                 logger.warning("could not publish the webhooks of %s", deployment_id, exc_info=True)
         with session.begin():
-            body = status_body(session, runtime().settings, StatusView.of(outcome.deployment))
+            settings = runtime().settings
+            body = status_body(settings, view_of(session, settings, outcome.deployment))
         return body, 202 if outcome.changed else 200
 
 

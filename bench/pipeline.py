@@ -88,13 +88,55 @@ def _bare_one(bare_celery: ModuleType, r: redis.Redis) -> float:
     return float(done) - start
 
 
-def _our_one(s: Stack, session: requests.Session, url: str, tenant: Tenant, project_id: str) -> float:
+def _our_one(
+    s: Stack, session: requests.Session, url: str, tenant: Tenant, project_id: str
+) -> tuple[str, float]:
     start = time.time()
     deployment_id = post_deploy(session, url, tenant, project_id)
     status, finished_at = wait_finished(s, [deployment_id])[deployment_id]
     if status != "completed":
         raise RuntimeError(f"deployment {deployment_id} is {status}")
-    return finished_at - start
+    return deployment_id, finished_at - start
+
+
+def _step_timeline(s: Stack, deployment_ids: list[str]) -> dict[str, dict[str, float]]:
+    """Where one deployment's time goes, step by step, from what the steps recorded (medians, ms).
+
+    ``start`` and ``end`` are a step's ``started_at`` (set as *begin* marks it in progress, after its
+    locking SELECT) and ``finished_at`` (set as *record* begins), counted from the deployment's
+    ``created_at``; ``gap`` is the time from the previous step's ``finished_at`` to this one's
+    ``started_at``: the previous step's record and commit, the chain's publish, the delivery, and
+    this step's BEGIN and locking SELECT (for the first step: from ``created_at``, so the rest of the
+    POST, its commit and the chain's publish). The bare chain spends about 2 ms per task on all of it.
+    """
+    rows = s.sql(
+        "SELECT s.deployment_id, s.step, s.position,"
+        " extract(epoch FROM s.started_at - d.created_at) * 1000,"
+        " extract(epoch FROM s.finished_at - d.created_at) * 1000"
+        " FROM deployment_steps s JOIN deployments d ON d.id = s.deployment_id"
+        " WHERE s.deployment_id = ANY(%s) ORDER BY s.deployment_id, s.position",
+        (deployment_ids,),
+    )
+    starts: dict[str, list[float]] = {}
+    ends: dict[str, list[float]] = {}
+    gaps: dict[str, list[float]] = {}
+    order: list[str] = []
+    previous_end: dict[str, float] = {}
+    for deployment_id, step, _position, started, finished in rows:
+        if step not in order:
+            order.append(step)
+        starts.setdefault(step, []).append(float(started))
+        ends.setdefault(step, []).append(float(finished))
+        gaps.setdefault(step, []).append(float(started) - previous_end.get(deployment_id, 0.0))
+        previous_end[deployment_id] = float(finished)
+    return {
+        step: {
+            "start": round(median(starts[step]), 1),
+            "end": round(median(ends[step]), 1),
+            "gap": round(median(gaps[step]), 1),
+        }
+        for step in order
+    }
 
 
 def run(quick: bool, pool: str = "prefork") -> Result:
@@ -123,10 +165,14 @@ def run(quick: bool, pool: str = "prefork") -> Result:
             load_latencies.extend(lat)
 
         bare_lat, our_lat = [], []
+        one_at_a_time_ids = []
         with requests.Session() as session:
             for _ in range(sequential):
                 bare_lat.append(_bare_one(bare, r))
-                our_lat.append(_our_one(s, session, url, tenant, next(projects)))
+                deployment_id, latency = _our_one(s, session, url, tenant, next(projects))
+                one_at_a_time_ids.append(deployment_id)
+                our_lat.append(latency)
+        timeline = _step_timeline(s, one_at_a_time_ids)
 
         default_cap_rate = None
         if not quick:
@@ -157,6 +203,7 @@ def run(quick: bool, pool: str = "prefork") -> Result:
             "bare_chain_p50_ms": round(bare_p50 * 1000, 1),
             "bare_chain_p95_ms": round(percentile(bare_lat, 95) * 1000, 1),
             "latency_ratio_p50": round(p50 / bare_p50, 2),
+            "one_at_a_time_step_timeline_ms": timeline,
             "under_load_post_to_completed_p50_ms": round(percentile(load_latencies, 50) * 1000, 1),
             "under_load_post_to_completed_p95_ms": round(percentile(load_latencies, 95) * 1000, 1),
             "slot_cap": n,

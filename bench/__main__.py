@@ -1,9 +1,11 @@
-"""``python -m bench [NAME ...] [--quick]``: run benchmarks, print the table, write results/latest.json."""
+"""``python -m bench [NAME ...] [--quick] [--check] [--profile]``: run benchmarks, print the table, write
+results/latest.json."""
 
 from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import sys
 import time
 
@@ -18,15 +20,28 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("names", nargs="*", metavar="NAME", help=", ".join(NAMES))
     parser.add_argument("--quick", action="store_true", help="every benchmark at reduced size (< 5 minutes)")
     parser.add_argument("--check", action="store_true", help="exit 1 when a target is missed")
+    parser.add_argument(
+        "--profile",
+        action="store_true",
+        help="sample the worker with py-spy where a benchmark supports it (pipeline): bench/profile.py",
+    )
     args = parser.parse_args(argv)
     names = args.names or list(NAMES)
+    unknown = [name for name in names if name not in NAMES]
+    if unknown:
+        parser.error(f"unknown benchmark {', '.join(unknown)}; the names are {', '.join(NAMES)}")
+    modules = {name: importlib.import_module(f"bench.{name}") for name in names}
+    options = {"profile": True} if args.profile else {}
+    if args.profile and not any("profile" in inspect.signature(m.run).parameters for m in modules.values()):
+        parser.error("--profile: none of these benchmarks can be profiled (pipeline can)")
     ensure_services()
     results: dict[str, Result] = {}
     for name in names:
         started = time.monotonic()
         print(f"== {name} ...", file=sys.stderr, flush=True)
-        module = importlib.import_module(f"bench.{name}")
-        results[name] = module.run(quick=args.quick)
+        module = modules[name]
+        accepted = {k: v for k, v in options.items() if k in inspect.signature(module.run).parameters}
+        results[name] = module.run(quick=args.quick, **accepted)
         shown = {k: v for k, v in results[name].details.items() if k != "plans"}
         print(
             f"== {name}: {time.monotonic() - started:.0f} s: {results[name].entry()} {shown}", file=sys.stderr

@@ -25,11 +25,14 @@ from types import ModuleType
 import redis
 import requests
 
-from bench.common import Result, median, percentile, rounded
+from bench.common import RESULTS, Result, median, percentile, rounded
+from bench.profile import sampled, summarize
 from bench.stack import Stack, stack
 from bench.tenants import Tenant, make_tenant, post_deploy, post_many, wait_finished
 
 NAME = "pipeline"
+#: Where ``--profile`` keeps the worker's py-spy samples (bench/profile.py).
+PROFILE_FILE = RESULTS / "pipeline-worker.pyspy"
 #: Deployments of the batch run at the default cap of 5 sandbox slots (the rest wait in line).
 DEFAULT_CAP_BATCH = 50
 
@@ -139,7 +142,8 @@ def _step_timeline(s: Stack, deployment_ids: list[str]) -> dict[str, dict[str, f
     }
 
 
-def run(quick: bool, pool: str = "prefork") -> Result:
+def run(quick: bool, pool: str = "prefork", profile: bool = False) -> Result:
+    """The comparison; with ``profile``, one more batch runs with the worker sampled by py-spy."""
     n, runs, sequential = (100, 2, 15) if quick else (200, 3, 40)
     warmup = 10
     with stack("pipeline", {"MAX_CONCURRENT_DEPLOYMENTS": str(n)}) as s:
@@ -148,7 +152,8 @@ def run(quick: bool, pool: str = "prefork") -> Result:
         s.start_worker("bare", "bench.bare_celery", pool)
         bare = _bare_app(s.broker_url)
         r = redis.Redis.from_url(s.broker_url)
-        tenant = make_tenant(s, projects=warmup + n * (runs + 1) + sequential)
+        # One batch more than the runs for the default cap's batch, and one for the profiled run.
+        tenant = make_tenant(s, projects=warmup + n * (runs + 1 + profile) + sequential)
         projects = iter(tenant.project_ids)
 
         # Warm both workers (every prefork child imports and connects on its first task).
@@ -163,6 +168,13 @@ def run(quick: bool, pool: str = "prefork") -> Result:
             rate, lat = _our_batch(s, url, tenant, [next(projects) for _ in range(n)])
             our_rates.append(rate)
             load_latencies.extend(lat)
+
+        profiled: dict[str, object] | None = None
+        if profile:
+            # A run of its own: sampling slows the worker, so its rate is not one of the ratio's.
+            with sampled(s.pid("worker"), PROFILE_FILE):
+                rate, _lat = _our_batch(s, url, tenant, [next(projects) for _ in range(n)])
+            profiled = {**summarize(PROFILE_FILE), "deployments_per_s_while_sampled": round(rate, 1)}
 
         bare_lat, our_lat = [], []
         one_at_a_time_ids = []
@@ -209,5 +221,6 @@ def run(quick: bool, pool: str = "prefork") -> Result:
             "slot_cap": n,
             "default_cap_5_deployments_per_s": rounded(default_cap_rate, 2),
             "default_cap_batch": DEFAULT_CAP_BATCH,
+            **({"worker_profile": profiled} if profiled is not None else {}),
         },
     )

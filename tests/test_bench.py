@@ -63,3 +63,41 @@ def test_every_benchmark_of_the_issue_has_a_module_with_run():
 @pytest.mark.parametrize(("p", "expected"), [(50, 3), (95, 5), (99, 5), (0, 1), (20, 1), (21, 2)])
 def test_percentile_is_nearest_rank(p, expected):
     assert percentile([5, 1, 4, 2, 3], p) == expected
+
+
+def test_a_worker_profile_is_sorted_by_what_each_sample_was_doing(tmp_path):
+    from bench.profile import summarize
+
+    task = 'process 1:"celery worker";trace_task (celery/app/trace.py:1)'
+    run_step = f"{task};run_step (libra_deploy/steps/runner.py:9)"
+    raw = tmp_path / "worker.pyspy"
+    raw.write_text(
+        f"{run_step};_begin (libra_deploy/steps/runner.py:2);wait (psycopg/connection.py:495) 6\n"
+        f"{run_step};__exit__ (contextlib.py:1);commit (sqlalchemy/orm/session.py:3) 2\n"
+        f"{run_step};execute (libra_deploy/steps/sync.py:20);read_bytes (pathlib.py:1) 1\n"
+        f"{task};send_task (celery/app/base.py:1) 1\n"
+    )
+
+    summary = summarize(raw)
+
+    assert summary["samples"] == 10
+    assert summary["shares_percent"] == {
+        "step records: psycopg (sending, and waiting on PostgreSQL)": 60.0,
+        "step records: SQLAlchemy (ORM loading, flushing, statements)": 20.0,
+        "steps' own work (execute)": 10.0,
+        "Celery: the task's trace (next task's publish, task events)": 10.0,
+    }
+
+
+@pytest.mark.parametrize(
+    ("argv", "says"),
+    [(["pipelin"], "unknown benchmark pipelin"), (["status", "--profile"], "--profile: none of these")],
+)
+def test_a_wrong_command_line_is_refused_before_anything_starts(argv, says, capsys):
+    from bench.__main__ import main
+
+    with pytest.raises(SystemExit) as exit_:
+        main(argv)
+
+    assert exit_.value.code == 2
+    assert says in capsys.readouterr().err

@@ -120,3 +120,49 @@ def test_a_build_that_exits_1_fails_with_the_log_tail_and_the_sandbox_is_gone(
     assert not list(sandboxes.glob(f"*{deployment_id}*"))
     project = client.get(f"/projects/{tenant.project_id}", headers=tenant.headers).get_json()
     assert project["deploymentStatus"] == "failed"
+
+
+def test_a_step_loads_only_the_bulky_columns_it_reads(runtime, tenant):
+    """A big site's request and manifests are megabytes of JSON: a step's locking SELECT loads those
+    its execute reads (steps.READS) when it begins, and none of them when it records its result."""
+    import dataclasses
+
+    from sqlalchemy import event
+
+    from libra_deploy.models import Deployment
+    from libra_deploy.runtime import Runtime
+    from libra_deploy.steps import READS, STEPS
+    from libra_deploy.steps.runner import Outcome, run_step
+    from tests.helpers import queued_deployment
+
+    bulky = ("deployments.request", "deployments.history_messages", "deployments.source_manifest",
+             "deployments.output_manifest", "projects.source_manifest")  # fmt: skip
+    # Its own runtime, so that no sandbox slot another test still holds makes the sandbox step wait.
+    own = Runtime.from_settings(dataclasses.replace(runtime.settings, max_concurrent_deployments=10_000))
+    deployment_id = queued_deployment(own, tenant)
+    locking: list[str] = []
+
+    def capture(_conn, _cursor, statement, _params, _context, _many) -> None:
+        if "FROM deployments JOIN deployment_steps" in statement:
+            locking.append(statement)
+
+    event.listen(own.engine, "before_cursor_execute", capture)
+    try:
+        outcomes = [run_step(own, step, deployment_id, f"task-{step}").outcome for step in STEPS]
+    finally:
+        event.remove(own.engine, "before_cursor_execute", capture)
+        with own.sessions() as session:
+            deployment = session.get(Deployment, deployment_id)
+            assert deployment is not None
+            status, source, output = deployment.status, deployment.source_manifest, deployment.output_manifest
+        own.close()
+
+    assert outcomes == [Outcome.RAN] * len(STEPS)
+    loaded = [{column for column in bulky if column in statement} for statement in locking]
+    expected = []
+    for step in STEPS:
+        expected += [{f"{c.class_.__tablename__}.{c.key}" for c in READS[step]}, set()]
+    assert loaded == expected
+    # What the records assigned without loading was written all the same.
+    assert status == "completed"
+    assert set(source) == set(output) == {"a.txt"}

@@ -13,7 +13,9 @@ a step's state is committed.
 
 from __future__ import annotations
 
-from libra_deploy.models import ProjectStatus
+from sqlalchemy.orm import InstrumentedAttribute
+
+from libra_deploy.models import Deployment, Project, ProjectStatus
 
 STEPS = ("validate", "sync", "sandbox", "build", "deploy", "cleanup")
 
@@ -44,4 +46,18 @@ TITLES = {
     "build": "Building project",
     "deploy": "Publishing build output",
     "cleanup": "Cleaning up",
+}
+
+#: The bulky columns each step's ``execute`` reads from its snapshots: the request's file list and
+#: the manifests of every file, megabytes of JSON for a big site. The runner loads these and no
+#: other bulky column when it begins a step, and none of them when it records one (``record`` only
+#: assigns them). Reading one that is not listed raises DetachedInstanceError, so a step that starts
+#: reading one must list it here.
+READS: dict[str, tuple[InstrumentedAttribute[object], ...]] = {
+    "validate": (),
+    "sync": (Deployment.request, Project.source_manifest),
+    "sandbox": (Deployment.source_manifest,),
+    "build": (Deployment.source_manifest,),
+    "deploy": (Deployment.output_manifest,),
+    "cleanup": (),
 }

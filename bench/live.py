@@ -18,7 +18,7 @@ from pathlib import Path
 import requests
 
 from bench.common import Result, percentile, rounded
-from bench.stack import ADMISSION_UNREFUSED, BENCH_DIR, BIN, ROOT, free_port, wait_until
+from bench.stack import ADMISSION_UNREFUSED, BIN, ROOT, free_port, wait_until
 from bench.tenants import SITE
 
 NAME = "live"
@@ -43,8 +43,7 @@ def _start(data_dir: Path, port: int, log: Path) -> tuple[subprocess.Popen[bytes
 
 def run(quick: bool) -> Result:
     count = 20 if quick else 50
-    BENCH_DIR.mkdir(parents=True, exist_ok=True)
-    workdir = Path(tempfile.mkdtemp(prefix="libra-bench-live-", dir=BENCH_DIR))
+    workdir = Path(tempfile.mkdtemp(prefix="libra-bench-live-"))
     port = free_port()
     base = f"http://127.0.0.1:{port}"
     proc, token, project = _start(workdir / "data", port, workdir / "up.log")

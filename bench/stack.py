@@ -28,12 +28,6 @@ import requests
 ROOT = Path(__file__).resolve().parents[1]
 BIN = ROOT / ".venv" / "bin"
 PG_ADMIN_URL = os.environ.get("LIBRA_BENCH_PG_ADMIN_URL", "postgresql://postgres@127.0.0.1:5432/postgres")
-#: Where each benchmark's data directory (sandboxes, object store, sites) and logs go: in the
-#: checkout, as the service's own default (./.libra) is in its working directory. Not /tmp: on this
-#: machine kind creating a file there costs 20 times what it costs elsewhere on the same disk (1,000
-#: small files: 0.59-0.76 s in /tmp, 0.032-0.036 s in the checkout), which is the machine's, not
-#: the service's, and was half of an unchanged 1,000-file redeploy's time.
-BENCH_DIR = Path(os.environ.get("LIBRA_BENCH_DIR", "").strip() or ROOT / ".bench")
 
 
 def ensure_services() -> None:
@@ -77,8 +71,7 @@ class Stack:
     """One benchmark's private database, broker and processes; ``close`` removes them all."""
 
     def __init__(self, name: str, overrides: dict[str, str] | None = None) -> None:
-        BENCH_DIR.mkdir(parents=True, exist_ok=True)
-        self.workdir = Path(tempfile.mkdtemp(prefix=f"libra-bench-{name}-", dir=BENCH_DIR))
+        self.workdir = Path(tempfile.mkdtemp(prefix=f"libra-bench-{name}-"))
         self.database = f"libra_bench_{name}_{uuid.uuid4().hex[:8]}"
         self.database_url = pg_url(self.database)
         self.redis_port = free_port()

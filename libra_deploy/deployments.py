@@ -9,6 +9,7 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, fields
 from datetime import datetime
+from operator import itemgetter
 from typing import Any
 
 from sqlalchemy import bindparam, null, select, union_all
@@ -268,23 +269,26 @@ _STATUS_QUERY = union_all(
 )
 
 
+#: Where each value sits in a row of _STATUS_QUERY: read by position, a row is a plain tuple, where a
+#: lookup by name goes through the result's keys for every value (27 rows of 27 columns a poll).
+_AT = {column.key: i for i, column in enumerate(_STATUS_QUERY.selected_columns)}
+_DEPLOYMENT_AT = tuple(_AT[name] for name in _DEPLOYMENT_FIELDS)
+_STEP_AT = tuple(_AT[f"step_{name}"] for name in _STEP_FIELDS)
+_LOG_ID, _LOG_MESSAGE, _STEP_POSITION = _AT["log_id"], _AT["log_message"], _AT["step_position"]
+
+
 def _read_status(session: Session, deployment_id: str, lines: int) -> StatusView | None:
-    rows = [
-        row._mapping
-        for row in session.execute(_STATUS_QUERY, {"deployment_id": deployment_id, "lines": lines})
-    ]
-    deployment = next((row for row in rows if row["log_id"] is None), None)
-    if deployment is None:
+    rows = session.execute(_STATUS_QUERY, {"deployment_id": deployment_id, "lines": lines}).all()
+    joined = [row for row in rows if row[_LOG_ID] is None]
+    if not joined:
         return None
-    steps = sorted(
-        (row for row in rows if row["log_id"] is None and row["step_step"] is not None),
-        key=lambda row: row["step_position"],
-    )
-    logged = sorted((row for row in rows if row["log_id"] is not None), key=lambda row: row["log_id"])
+    steps = sorted((row for row in joined if row[_STEP_AT[0]] is not None), key=itemgetter(_STEP_POSITION))
+    logged = sorted((row for row in rows if row[_LOG_ID] is not None), key=itemgetter(_LOG_ID))
+    deployment = joined[0]
     return StatusView(
-        **{name: deployment[name] for name in _DEPLOYMENT_FIELDS},
-        steps=tuple(StepState(**{name: row[f"step_{name}"] for name in _STEP_FIELDS}) for row in steps),
-        newest_lines=tuple(row["log_message"] for row in logged),
+        **dict(zip(_DEPLOYMENT_FIELDS, (deployment[i] for i in _DEPLOYMENT_AT), strict=True)),
+        steps=tuple(StepState(*(row[i] for i in _STEP_AT)) for row in steps),
+        newest_lines=tuple(row[_LOG_MESSAGE] for row in logged),
     )
 
 

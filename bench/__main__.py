@@ -31,17 +31,20 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark {', '.join(unknown)}; the names are {', '.join(NAMES)}")
     modules = {name: importlib.import_module(f"bench.{name}") for name in names}
-    options = {"profile": True} if args.profile else {}
-    if args.profile and not any("profile" in inspect.signature(m.run).parameters for m in modules.values()):
+    profiled = {
+        name
+        for name, m in modules.items()
+        if args.profile and "profile" in inspect.signature(m.run).parameters
+    }
+    if args.profile and not profiled:
         parser.error("--profile: none of these benchmarks can be profiled (pipeline can)")
     ensure_services()
     results: dict[str, Result] = {}
     for name in names:
         started = time.monotonic()
         print(f"== {name} ...", file=sys.stderr, flush=True)
-        module = modules[name]
-        accepted = {k: v for k, v in options.items() if k in inspect.signature(module.run).parameters}
-        results[name] = module.run(quick=args.quick, **accepted)
+        options = {"profile": True} if name in profiled else {}
+        results[name] = modules[name].run(quick=args.quick, **options)
         shown = {k: v for k, v in results[name].details.items() if k != "plans"}
         print(
             f"== {name}: {time.monotonic() - started:.0f} s: {results[name].entry()} {shown}", file=sys.stderr

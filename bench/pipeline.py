@@ -113,7 +113,7 @@ def _step_timeline(s: Stack, deployment_ids: list[str]) -> dict[str, dict[str, f
     POST, its commit and the chain's publish). The bare chain spends about 2 ms per task on all of it.
     """
     rows = s.sql(
-        "SELECT s.deployment_id, s.step, s.position,"
+        "SELECT s.deployment_id, s.step,"
         " extract(epoch FROM s.started_at - d.created_at) * 1000,"
         " extract(epoch FROM s.finished_at - d.created_at) * 1000"
         " FROM deployment_steps s JOIN deployments d ON d.id = s.deployment_id"
@@ -125,7 +125,7 @@ def _step_timeline(s: Stack, deployment_ids: list[str]) -> dict[str, dict[str, f
     gaps: dict[str, list[float]] = {}
     order: list[str] = []
     previous_end: dict[str, float] = {}
-    for deployment_id, step, _position, started, finished in rows:
+    for deployment_id, step, started, finished in rows:
         if step not in order:
             order.append(step)
         starts.setdefault(step, []).append(float(started))

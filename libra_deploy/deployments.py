@@ -274,7 +274,8 @@ _STATUS_QUERY = union_all(
 _AT = {column.key: i for i, column in enumerate(_STATUS_QUERY.selected_columns)}
 _DEPLOYMENT_AT = tuple(_AT[name] for name in _DEPLOYMENT_FIELDS)
 _STEP_AT = tuple(_AT[f"step_{name}"] for name in _STEP_FIELDS)
-_LOG_ID, _LOG_MESSAGE, _STEP_POSITION = _AT["log_id"], _AT["log_message"], _AT["step_position"]
+_STEP_NAME, _STEP_POSITION = _AT["step_step"], _AT["step_position"]
+_LOG_ID, _LOG_MESSAGE = _AT["log_id"], _AT["log_message"]
 
 
 def _read_status(session: Session, deployment_id: str, lines: int) -> StatusView | None:
@@ -282,7 +283,8 @@ def _read_status(session: Session, deployment_id: str, lines: int) -> StatusView
     joined = [row for row in rows if row[_LOG_ID] is None]
     if not joined:
         return None
-    steps = sorted((row for row in joined if row[_STEP_AT[0]] is not None), key=itemgetter(_STEP_POSITION))
+    # A deployment without step rows still has its one joined row, whose step columns are NULL.
+    steps = sorted((row for row in joined if row[_STEP_NAME] is not None), key=itemgetter(_STEP_POSITION))
     logged = sorted((row for row in rows if row[_LOG_ID] is not None), key=itemgetter(_LOG_ID))
     deployment = joined[0]
     return StatusView(

@@ -139,22 +139,22 @@ def test_a_step_loads_only_the_bulky_columns_it_reads(runtime, tenant):
              "deployments.output_manifest", "projects.source_manifest")  # fmt: skip
     # Its own runtime, so that no sandbox slot another test still holds makes the sandbox step wait.
     own = Runtime.from_settings(dataclasses.replace(runtime.settings, max_concurrent_deployments=10_000))
-    deployment_id = queued_deployment(own, tenant)
     locking: list[str] = []
 
+    @event.listens_for(own.engine, "before_cursor_execute")
     def capture(_conn, _cursor, statement, _params, _context, _many) -> None:
         if "FROM deployments JOIN deployment_steps" in statement:
             locking.append(statement)
 
-    event.listen(own.engine, "before_cursor_execute", capture)
     try:
+        deployment_id = queued_deployment(own, tenant)
+        locking.clear()
         outcomes = [run_step(own, step, deployment_id, f"task-{step}").outcome for step in STEPS]
-    finally:
-        event.remove(own.engine, "before_cursor_execute", capture)
         with own.sessions() as session:
             deployment = session.get(Deployment, deployment_id)
             assert deployment is not None
             status, source, output = deployment.status, deployment.source_manifest, deployment.output_manifest
+    finally:
         own.close()
 
     assert outcomes == [Outcome.RAN] * len(STEPS)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.conftest import STACK
 from tests.helpers import deploy, wait_for, wait_for_step
 
 pytestmark = pytest.mark.stack
@@ -123,9 +124,10 @@ def test_a_build_that_exits_1_fails_with_the_log_tail_and_the_sandbox_is_gone(
 
 
 def test_a_step_loads_only_the_bulky_columns_it_reads(runtime, tenant):
-    """A big site's request and manifests are megabytes of JSON: a step's locking SELECT loads those
-    its execute reads (steps.READS) when it begins, and none of them when it records its result."""
+    """A big site's request and manifests are megabytes of JSON: a step's locking statement loads
+    those its execute reads (steps.READS) when it begins, and none of them when it completes."""
     import dataclasses
+    from collections import defaultdict
 
     from sqlalchemy import event
 
@@ -139,17 +141,21 @@ def test_a_step_loads_only_the_bulky_columns_it_reads(runtime, tenant):
              "deployments.output_manifest", "projects.source_manifest")  # fmt: skip
     # Its own runtime, so that no sandbox slot another test still holds makes the sandbox step wait.
     own = Runtime.from_settings(dataclasses.replace(runtime.settings, max_concurrent_deployments=10_000))
-    locking: list[str] = []
+    step_now = [""]
+    locking: dict[str, list[str]] = defaultdict(list)
 
     @event.listens_for(own.engine, "before_cursor_execute")
     def capture(_conn, _cursor, statement, _params, _context, _many) -> None:
-        if "FROM deployments JOIN deployment_steps" in statement:
-            locking.append(statement)
+        # The one-statement transitions (PostgreSQL) and the ORM's locking SELECT (the full rule).
+        if "WITH locked AS" in statement or "FROM deployments JOIN deployment_steps" in statement:
+            locking[step_now[0]].append(statement)
 
     try:
         deployment_id = queued_deployment(own, tenant)
-        locking.clear()
-        outcomes = [run_step(own, step, deployment_id, f"task-{step}").outcome for step in STEPS]
+        outcomes = []
+        for step in STEPS:
+            step_now[0] = step
+            outcomes.append(run_step(own, step, deployment_id, f"task-{step}").outcome)
         with own.sessions() as session:
             deployment = session.get(Deployment, deployment_id)
             assert deployment is not None
@@ -158,11 +164,67 @@ def test_a_step_loads_only_the_bulky_columns_it_reads(runtime, tenant):
         own.close()
 
     assert outcomes == [Outcome.RAN] * len(STEPS)
-    loaded = [{column for column in bulky if column in statement} for statement in locking]
-    expected = []
     for step in STEPS:
-        expected += [{f"{c.class_.__tablename__}.{c.key}" for c in READS[step]}, set()]
-    assert loaded == expected
+        *begun, completed = [
+            {column for column in bulky if column in statement} for statement in locking[step]
+        ]
+        reads = {f"{c.class_.__tablename__}.{c.key}" for c in READS[step]}
+        assert begun, step
+        assert all(loaded == reads for loaded in begun), step
+        assert completed == set(), step
     # What the records assigned without loading was written all the same.
     assert status == "completed"
     assert set(source) == set(output) == {"a.txt"}
+
+
+@pytest.mark.skipif(STACK == "embedded", reason="SQLite runs the full rule: its round trips cost nothing")
+def test_on_postgresql_a_step_begins_in_one_statement_and_completes_in_one(runtime, tenant):
+    """A step's first attempt begins with one statement in autocommit (no BEGIN, no COMMIT) and
+    completes with one more, in the transaction that holds its record: the transitions are most
+    of what the pipeline adds to a bare chain (steps.transitions). The step that asks for a
+    sandbox slot begins by the full rule."""
+    import dataclasses
+
+    from sqlalchemy import event
+
+    from libra_deploy.models import DeploymentLog, DeploymentStep
+    from libra_deploy.runtime import Runtime
+    from libra_deploy.steps import TITLES
+    from libra_deploy.steps.runner import run_step
+    from tests.helpers import queued_deployment
+
+    own = Runtime.from_settings(dataclasses.replace(runtime.settings, max_concurrent_deployments=10_000))
+    statements: list[tuple[str, str | None]] = []
+
+    @event.listens_for(own.engine, "before_cursor_execute")
+    def capture(conn, _cursor, statement, _params, _context, _many) -> None:
+        statements.append((statement, conn.get_execution_options().get("isolation_level")))
+
+    try:
+        deployment_id = queued_deployment(own, tenant)
+        locking: dict[str, list[tuple[str, str | None]]] = {}
+        for step in ("validate", "sync", "sandbox"):
+            statements.clear()
+            run_step(own, step, deployment_id, f"task-{step}")
+            locking[step] = [(s, isolation) for s, isolation in statements if "FOR UPDATE" in s]
+        with own.sessions() as session:
+            rows = {r.step: r for r in session.query(DeploymentStep).filter_by(deployment_id=deployment_id)}
+            lines = [
+                m for (m,) in session.query(DeploymentLog.message).filter_by(deployment_id=deployment_id)
+            ]
+    finally:
+        own.close()
+
+    for step in ("validate", "sync"):
+        # Begun in autocommit and completed in a transaction, each by one CTE; nothing else locks.
+        assert [(s.startswith("WITH locked AS"), isolation) for s, isolation in locking[step]] == [
+            (True, "AUTOCOMMIT"),
+            (True, None),
+        ], step
+        assert (rows[step].status, rows[step].attempts) == ("completed", 1), step
+        assert f"{TITLES[step]}..." in lines
+    assert "FROM deployments JOIN deployment_steps" in locking["sandbox"][0][0]
+    assert rows["sandbox"].status == "completed"
+    assert [r.status for r in rows.values() if r.step not in ("validate", "sync", "sandbox")] == [
+        "pending"
+    ] * 3

@@ -31,7 +31,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from datetime import timedelta
+from datetime import datetime, timedelta
 from enum import StrEnum
 from types import ModuleType
 from typing import Any
@@ -41,6 +41,7 @@ from sqlalchemy.orm import InstrumentedAttribute, Session, defer
 from sqlalchemy.orm.interfaces import LoaderOption
 
 from libra_deploy import dead_letters, quota, slots, webhooks
+from libra_deploy.config import Settings
 from libra_deploy.db import transaction, utcnow
 from libra_deploy.errors import DeploymentTimeout, LibraError, StepError, WorkerLost
 from libra_deploy.models import (
@@ -57,7 +58,17 @@ from libra_deploy.models import (
 from libra_deploy.redact import redact_text
 from libra_deploy.retries import MAX_ATTEMPTS
 from libra_deploy.runtime import Runtime
-from libra_deploy.steps import BUDGET, PROGRESS, PROJECT_STATUS, READS, SLOT_STEPS, STEPS, TITLES
+from libra_deploy.steps import (
+    BUDGET,
+    BULKY,
+    PROGRESS,
+    PROJECT_STATUS,
+    READS,
+    SLOT_STEPS,
+    STEPS,
+    TITLES,
+    transitions,
+)
 from libra_deploy.steps.monitor import StepMonitor, Watch
 
 #: Log lines are written at least this often while a step streams output.
@@ -65,20 +76,9 @@ LOG_FLUSH_INTERVAL_S = 0.5
 MAX_LOG_LINE = 4000
 
 
-#: Columns that can hold megabytes of JSON. Loaded in full, a 1,000-file site's three manifests and
-#: its request were fetched and parsed twice per step whatever the step: about 9 ms per step.
-_BULKY: tuple[InstrumentedAttribute[Any], ...] = (
-    Deployment.request,
-    Deployment.history_messages,
-    Deployment.source_manifest,
-    Deployment.output_manifest,
-    Project.source_manifest,
-)
-
-
 def _deferred(reads: tuple[InstrumentedAttribute[Any], ...]) -> tuple[LoaderOption, ...]:
     wanted = {(column.class_, column.key) for column in reads}
-    return tuple(defer(column) for column in _BULKY if (column.class_, column.key) not in wanted)
+    return tuple(defer(column) for column in BULKY if (column.class_, column.key) not in wanted)
 
 
 #: What begin leaves out of its snapshots, per step: the bulky columns the step does not read.
@@ -215,11 +215,15 @@ def run_step(runtime: Runtime, step: str, deployment_id: str, task_id: str | Non
     """Run ``step`` of the deployment unless the recorded state says it must not run now."""
     module = _module(step)
     logs = LogBuffer(runtime, deployment_id, step)
-    with transaction(runtime.sessions) as session:
-        begun = _begin(session, runtime, step, deployment_id, task_id)
-        if isinstance(begun, StepRun):
-            return begun
-        deployment, project, budget_s = begun
+    begun: StepRun | tuple[Deployment, Project, float] | None = _begin_at_once(
+        runtime, step, deployment_id, task_id
+    )
+    if begun is None:
+        with transaction(runtime.sessions) as session:
+            begun = _begin(session, runtime, step, deployment_id, task_id)
+    if isinstance(begun, StepRun):
+        return begun
+    deployment, project, budget_s = begun
     watcher = monitor(runtime)
     watch = watcher.watch(deployment_id, logs.flush)
     ctx = StepContext(runtime, step, deployment, project, time.monotonic() + budget_s, logs, watch)
@@ -281,6 +285,47 @@ def _load(
     return None if found is None else (found[0], found[1], found[2])
 
 
+def _at_once(runtime: Runtime) -> bool:
+    """Whether the transitions run as single statements (steps.transitions): on PostgreSQL."""
+    return runtime.engine.dialect.name == "postgresql"
+
+
+def _begin_at_once(
+    runtime: Runtime, step: str, deployment_id: str, task_id: str | None
+) -> tuple[Deployment, Project, float] | None:
+    """Begin the step in one statement if it is the common case; None leaves it to :func:`_begin`."""
+    if not _at_once(runtime):
+        return None
+    now = utcnow()
+    settings = runtime.settings
+    with runtime.read_sessions() as session:
+        loaded = transitions.begin(
+            session, step, deployment_id, task_id, now, settings.deployment_timeout_s, f"{TITLES[step]}..."
+        )
+    if loaded is None:
+        return None
+    deployment, project = loaded
+    return deployment, project, _budget_s(settings, step, deployment, now)
+
+
+def _budget_s(settings: Settings, step: str, deployment: Deployment, now: datetime) -> float:
+    """The step's share of MAX_DEPLOYMENT_TIMEOUT, within what is left of the deployment's whole budget.
+
+    The whole budget runs from the deployment's first step, or from when it got its sandbox slot:
+    time spent queueing for a slot under load is not held against it.
+    """
+    budget_s = settings.deployment_timeout_s * BUDGET[step]
+    if deployment.status in FINISHED_STATUSES:
+        return budget_s
+    origin = deployment.slot_acquired_at or deployment.started_at or now
+    left = (origin - now).total_seconds() + settings.deployment_timeout_s
+    if left <= 0:
+        raise DeploymentTimeout(
+            f"the deployment exceeded MAX_DEPLOYMENT_TIMEOUT ({settings.max_deployment_timeout_ms} ms)"
+        )
+    return min(budget_s, left)
+
+
 def _begin(
     session: Session, runtime: Runtime, step: str, deployment_id: str, task_id: str | None
 ) -> StepRun | tuple[Deployment, Project, float]:
@@ -322,17 +367,7 @@ def _begin(
             deployment.current_step = step
             write_lines(session, [_line(deployment_id, step, "Waiting for a free sandbox slot")])
         return StepRun(Outcome.WAITING, wait_s=slots.wait_s(settings, ahead))
-    budget_s = settings.deployment_timeout_s * BUDGET[step]
-    if not finished:
-        # The deployment's whole budget runs from its first step, or from when it got its sandbox
-        # slot: time spent queueing for a slot under load is not held against it.
-        origin = deployment.slot_acquired_at or deployment.started_at or now
-        left = (origin - now).total_seconds() + settings.deployment_timeout_s
-        if left <= 0:
-            raise DeploymentTimeout(
-                f"the deployment exceeded MAX_DEPLOYMENT_TIMEOUT ({settings.max_deployment_timeout_ms} ms)"
-            )
-        budget_s = min(budget_s, left)
+    budget_s = _budget_s(settings, step, deployment, now)
     row.status = StepStatus.IN_PROGRESS
     row.attempts += 1
     row.task_id = task_id
@@ -360,28 +395,43 @@ def _complete(
     lines: list[dict[str, Any]],
 ) -> list[str]:
     """Record the step's results; return the waiters to wake for the slot a cleanup gave back."""
-    loaded = _load(session, deployment_id, step, _RECORD_DEFERRED)
-    if loaded is None:
+    now = utcnow()
+    if _at_once(runtime):
+        completed = transitions.complete(session, step, deployment_id, now, lines)
+    else:
+        completed = _complete_by_rows(session, step, deployment_id, now, lines)
+    if completed is None:
         return []
-    deployment, row, project = loaded
-    row.status = StepStatus.COMPLETED
-    row.finished_at = utcnow()
-    row.error = None
-    if deployment.status not in FINISHED_STATUSES:
-        deployment.progress = PROGRESS[step]
-    deployment.heartbeat_at = row.finished_at
+    deployment, project = completed
     record: Callable[..., None] = module.record
     # What a step's record reads (the quota ledger, the project's webhooks) does not depend on the
     # rows it changes: without autoflush before each such query, the deployment's changes are
     # written in one UPDATE, not in one per query.
     with session.no_autoflush:
         record(session, deployment, project, result)
-    write_lines(session, lines)
     if step == "cleanup" and deployment.slot_requested_at is not None:
         # Whether it held its slot or was still waiting for one (cancelled in the line), the line
         # moves on: whoever is first in it now is woken, rather than left to its next ask.
         return slots.turn_come(session, runtime.settings.max_concurrent_deployments)
     return []
+
+
+def _complete_by_rows(
+    session: Session, step: str, deployment_id: str, now: datetime, lines: list[dict[str, Any]]
+) -> tuple[Deployment, Project] | None:
+    """What :func:`transitions.complete` does in one statement, through the ORM (on SQLite)."""
+    loaded = _load(session, deployment_id, step, _RECORD_DEFERRED)
+    if loaded is None:
+        return None
+    deployment, row, project = loaded
+    row.status = StepStatus.COMPLETED
+    row.finished_at = now
+    row.error = None
+    if deployment.status not in FINISHED_STATUSES:
+        deployment.progress = PROGRESS[step]
+    deployment.heartbeat_at = now
+    write_lines(session, lines)
+    return deployment, project
 
 
 def _record_cancelled(runtime: Runtime, step: str, deployment_id: str, logs: LogBuffer) -> None:

@@ -26,6 +26,7 @@ import redis
 import requests
 
 from bench.common import RESULTS, Result, median, percentile, rounded
+from bench.cpu import CpuMeter
 from bench.profile import sampled, summarize
 from bench.stack import Stack, stack
 from bench.tenants import Tenant, make_tenant, post_deploy, post_many, wait_finished
@@ -162,10 +163,16 @@ def run(quick: bool, pool: str = "prefork", profile: bool = False) -> Result:
 
         bare_rates, our_rates = [], []
         load_latencies: list[float] = []
+        # Where each side's CPU goes, over the measured batches (bench/cpu.py).
+        postgres = {"postgres": "postgres"}
+        our_cpu = CpuMeter({"worker": s.pid("worker"), "web": s.pid("web"), "redis": s.redis_pid}, postgres)
+        bare_cpu = CpuMeter({"bare worker": s.pid("bare"), "redis": s.redis_pid}, postgres)
         for _ in range(runs):
-            rate, _lat = _bare_batch(bare, r, n)
+            with bare_cpu.batch(n):
+                rate, _lat = _bare_batch(bare, r, n)
             bare_rates.append(rate)
-            rate, lat = _our_batch(s, url, tenant, [next(projects) for _ in range(n)])
+            with our_cpu.batch(n):
+                rate, lat = _our_batch(s, url, tenant, [next(projects) for _ in range(n)])
             our_rates.append(rate)
             load_latencies.extend(lat)
 
@@ -209,6 +216,8 @@ def run(quick: bool, pool: str = "prefork", profile: bool = False) -> Result:
             "deployments_per_run": n,
             "runs_deployments_per_s": [round(x, 1) for x in our_rates],
             "runs_bare_chains_per_s": [round(x, 1) for x in bare_rates],
+            "cpu_ms_per_deployment": our_cpu.ms_per_unit(),
+            "cpu_ms_per_bare_chain": bare_cpu.ms_per_unit(),
             "one_at_a_time": sequential,
             "post_to_completed_p50_ms": round(p50 * 1000, 1),
             "post_to_completed_p95_ms": round(percentile(our_lat, 95) * 1000, 1),

@@ -184,6 +184,12 @@ class Stack:
     def pid(self, name: str) -> int:
         return self.procs[name].pid
 
+    @property
+    def redis_pid(self) -> int:
+        if self._redis is None:
+            raise RuntimeError("the stack's redis-server is not running")
+        return self._redis.pid
+
     def sql(self, statement: str, params: Any = None) -> list[tuple[Any, ...]]:
         with psycopg.connect(self.database_url, autocommit=True) as conn:
             cursor = conn.execute(statement, params)

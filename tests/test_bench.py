@@ -101,3 +101,40 @@ def test_a_wrong_command_line_is_refused_before_anything_starts(argv, says, caps
 
     assert exit_.value.code == 2
     assert says in capsys.readouterr().err
+
+
+def test_the_cpu_split_counts_a_process_tree_and_a_command_name(tmp_path):
+    """The pipeline's CPU per process group (bench/cpu.py): a grandchild's CPU counts for the tree
+    under the pid it was started from, and for its command name."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from bench.cpu import CpuMeter
+
+    burner = tmp_path / "cpuburner"  # its command name in /proc
+    burner.symlink_to(sys.executable)
+    burn = "import time\nend = time.process_time() + 0.6\nwhile time.process_time() < end: pass\n"
+    burn += "print('burnt', flush=True)\ntime.sleep(60)"
+    launch = "import subprocess, sys; subprocess.run(sys.argv[1:])"
+    launcher = subprocess.Popen(
+        [sys.executable, "-c", launch, str(burner), "-c", burn],
+        stdout=subprocess.PIPE,
+        text=True,
+        start_new_session=True,
+    )
+    meter = CpuMeter({"tree": launcher.pid}, {"by name": "cpuburner", "nobody": "no-such-command"})
+    try:
+        with meter.batch(units=1):
+            assert launcher.stdout is not None
+            assert launcher.stdout.readline() == "burnt\n"
+    finally:
+        os.killpg(launcher.pid, signal.SIGKILL)
+        launcher.wait()
+
+    used = meter.ms_per_unit()
+    # 600 ms burnt; the first reading may come after the burner's first few milliseconds.
+    assert used["by name"] >= 300
+    assert used["tree"] >= used["by name"]
+    assert used["nobody"] == 0

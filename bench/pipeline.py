@@ -106,12 +106,12 @@ def _our_one(
 def _step_timeline(s: Stack, deployment_ids: list[str]) -> dict[str, dict[str, float]]:
     """Where one deployment's time goes, step by step, from what the steps recorded (medians, ms).
 
-    ``start`` and ``end`` are a step's ``started_at`` (set as *begin* marks it in progress, after its
-    locking SELECT) and ``finished_at`` (set as *record* begins), counted from the deployment's
-    ``created_at``; ``gap`` is the time from the previous step's ``finished_at`` to this one's
-    ``started_at``: the previous step's record and commit, the chain's publish, the delivery, and
-    this step's BEGIN and locking SELECT (for the first step: from ``created_at``, so the rest of the
-    POST, its commit and the chain's publish). The bare chain spends about 2 ms per task on all of it.
+    ``start`` and ``end`` are a step's ``started_at`` (set as *begin* marks it in progress) and
+    ``finished_at`` (set as *record* begins), counted from the deployment's ``created_at``; ``gap``
+    is the time from the previous step's ``finished_at`` to this one's ``started_at``: the previous
+    step's record and commit, the chain's publish, the delivery, and the statement that begins this
+    step (for the first step: from ``created_at``, so the rest of the POST, its commit and the
+    chain's publish). The bare chain spends about 2 ms per task on all of it.
     """
     rows = s.sql(
         "SELECT s.deployment_id, s.step,"

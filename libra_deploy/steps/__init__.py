@@ -71,3 +71,13 @@ READS: dict[str, tuple[InstrumentedAttribute[object], ...]] = {
     "deploy": (Deployment.output_manifest,),
     "cleanup": (),
 }
+
+
+def _unread(reads: tuple[InstrumentedAttribute[object], ...]) -> tuple[InstrumentedAttribute[object], ...]:
+    # Compared by name: == on two attributes builds an SQL expression, not a bool.
+    wanted = {(column.class_, column.key) for column in reads}
+    return tuple(column for column in BULKY if (column.class_, column.key) not in wanted)
+
+
+#: The bulky columns each step's snapshots go without: BULKY less what the step READS.
+UNREAD = {step: _unread(READS[step]) for step in STEPS}

@@ -42,7 +42,7 @@ from types import ModuleType
 from typing import Any
 
 from sqlalchemy import and_, insert, select, update
-from sqlalchemy.orm import InstrumentedAttribute, Session, defer
+from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.interfaces import LoaderOption
 
 from libra_deploy import dead_letters, quota, slots, webhooks
@@ -68,10 +68,10 @@ from libra_deploy.steps import (
     BULKY,
     PROGRESS,
     PROJECT_STATUS,
-    READS,
     SLOT_STEPS,
     STEPS,
     TITLES,
+    UNREAD,
     transitions,
 )
 from libra_deploy.steps.monitor import StepMonitor, Watch
@@ -81,15 +81,10 @@ LOG_FLUSH_INTERVAL_S = 0.5
 MAX_LOG_LINE = 4000
 
 
-def _deferred(reads: tuple[InstrumentedAttribute[Any], ...]) -> tuple[LoaderOption, ...]:
-    wanted = {(column.class_, column.key) for column in reads}
-    return tuple(defer(column) for column in BULKY if (column.class_, column.key) not in wanted)
-
-
 #: What begin leaves out of its snapshots, per step: the bulky columns the step does not read.
-_BEGIN_DEFERRED = {step: _deferred(READS[step]) for step in STEPS}
+_BEGIN_DEFERRED = {step: tuple(defer(column) for column in UNREAD[step]) for step in STEPS}
 #: What the record transaction leaves out: every bulky column (read only if a record reads one).
-_RECORD_DEFERRED = _deferred(())
+_RECORD_DEFERRED = tuple(defer(column) for column in BULKY)
 
 
 class Outcome(StrEnum):

@@ -55,7 +55,7 @@ from libra_deploy.models import (
     Project,
     StepStatus,
 )
-from libra_deploy.steps import BULKY, PROGRESS, PROJECT_STATUS, READS, SLOT_STEPS, STEPS
+from libra_deploy.steps import BULKY, PROGRESS, PROJECT_STATUS, SLOT_STEPS, STEPS, UNREAD
 
 # The tables themselves (a mapped class's __table__ is typed as any FromClause).
 _deployments = cast(Table, Deployment.__table__)
@@ -64,11 +64,9 @@ _projects = cast(Table, Project.__table__)
 _logs = cast(Table, DeploymentLog.__table__)
 
 
-def _returned(reads: Sequence[Any]) -> tuple[list[Column[Any]], list[Column[Any]]]:
-    """The deployment's and the project's columns to return: all but the bulky ones not in ``reads``."""
-    named = {(c.class_.__tablename__, c.key) for c in BULKY} - {
-        (c.class_.__tablename__, c.key) for c in reads
-    }
+def _returned(left_out: Sequence[Any]) -> tuple[list[Column[Any]], list[Column[Any]]]:
+    """The deployment's and the project's columns to return: all but the bulky ones ``left_out``."""
+    named = {(c.class_.__tablename__, c.key) for c in left_out}
     return (
         [c for c in _deployments.c if (_deployments.name, c.key) not in named],
         [c for c in _projects.c if (_projects.name, c.key) not in named],
@@ -121,7 +119,7 @@ def _begin_statement(step: str) -> Executable:
         .cte("marked")
     )
     queued = deployments.status == DeploymentStatus.QUEUED
-    deployment_columns, project_columns = _returned(READS[step])
+    deployment_columns, project_columns = _returned(UNREAD[step])
     moved = (
         update(_deployments)
         .where(deployments.id.in_(select(marked.c.deployment_id)))
@@ -181,7 +179,7 @@ def _complete_statement(step: str) -> Executable:
         .cte("done")
     )
     finished = deployments.status.in_(FINISHED_STATUSES)
-    deployment_columns, project_columns = _returned(())
+    deployment_columns, project_columns = _returned(BULKY)
     moved = (
         update(_deployments)
         .where(deployments.id.in_(select(done.c.deployment_id)))

@@ -12,13 +12,16 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 
-from flask import Flask, current_app
+from flask import Flask, current_app, request
 from flask_limiter import Limiter
 
 from libra_deploy.config import Settings
 from web.context import principal
 
 EXTENSION = "libra_deploy_rate_limits"
+#: The one endpoint with limits: every other request is let through before flask-limiter resolves
+#: any limit (its check runs on every request, a status poll included).
+LIMITED_ENDPOINT = "deploy.Deploy"
 #: When the limit's window cannot be read (the storage went away), how long a client should wait.
 DEFAULT_RETRY_AFTER_S = 60
 
@@ -43,6 +46,10 @@ def init_app(app: Flask, settings: Settings) -> None:
         # Redis unreachable: keep limiting, per process, rather than fail every deployment.
         in_memory_fallback_enabled=True,
     )
+
+    @limiter.request_filter
+    def unlimited() -> bool:
+        return request.endpoint != LIMITED_ENDPOINT
 
     @limiter.limit(
         settings.deploy_rate_limit_per_org,

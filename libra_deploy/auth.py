@@ -9,8 +9,10 @@ from __future__ import annotations
 
 import hashlib
 import secrets
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import timedelta
+from typing import Any
 
 from sqlalchemy import bindparam, select, update
 from sqlalchemy.orm import Session
@@ -57,21 +59,31 @@ def create_token(session: Session, *, org_id: str, user_id: str, name: str = "")
 
 
 _tokens = ApiToken.__table__.c
+#: What resolving a token reads of its row, in this order (:func:`principal_of_token` takes it).
+TOKEN_COLUMNS = (_tokens.id, _tokens.org_id, _tokens.user_id, _tokens.revoked_at, _tokens.last_used_at)
 #: Every API request runs it: the columns it needs, on the table (no ORM entity is built), built once.
-_TOKEN_BY_HASH = select(
-    _tokens.id, _tokens.org_id, _tokens.user_id, _tokens.revoked_at, _tokens.last_used_at
-).where(_tokens.token_hash == bindparam("token_hash"))
+_TOKEN_BY_HASH = select(*TOKEN_COLUMNS).where(_tokens.token_hash == bindparam("token_hash"))
 
 
 def authenticate_token(session: Session, token: str) -> Principal:
     """Resolve a Bearer token, or raise Unauthorized (the same answer for unknown and revoked)."""
     row = session.execute(_TOKEN_BY_HASH, {"token_hash": hash_token(token)}).first()
-    if row is None or row.revoked_at is not None:
+    return principal_of_token(session, row)
+
+
+def principal_of_token(session: Session, row: Sequence[Any] | None) -> Principal:
+    """The caller named by a token's row (:data:`TOKEN_COLUMNS`, looked up by :func:`hash_token`), or
+    Unauthorized when there is none or it is revoked. Stamps the token's last use when it is due.
+
+    A statement that reads something else may read the row too (GET /deploy-status does, to answer a
+    poll in one round trip); whatever it read must not be shown before this has returned."""
+    if row is None or row[3] is not None:
         raise Unauthorized("the API token is not valid", code="INVALID_TOKEN")
+    token_id, org_id, user_id, _revoked_at, last_used_at = row
     now = utcnow()
-    if row.last_used_at is None or now - row.last_used_at > LAST_USED_PRECISION:
-        session.execute(update(ApiToken).where(ApiToken.id == row.id).values(last_used_at=now))
-    return Principal(org_id=row.org_id, user_id=row.user_id, token_id=row.id)
+    if last_used_at is None or now - last_used_at > LAST_USED_PRECISION:
+        session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
+    return Principal(org_id=org_id, user_id=user_id, token_id=token_id)
 
 
 def revoke_token(session: Session, token: str) -> ApiToken:

@@ -12,16 +12,17 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import bindparam, null, select, union_all
+from sqlalchemy import ColumnElement, bindparam, cast, null, select, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from libra_deploy import accounts, domains, quota, uploads, webhooks
-from libra_deploy.auth import Principal
+from libra_deploy.auth import TOKEN_COLUMNS, Principal, hash_token, principal_of_token
 from libra_deploy.config import Settings
 from libra_deploy.db import utcnow
 from libra_deploy.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge
 from libra_deploy.models import (
+    ApiToken,
     Deployment,
     DeploymentLog,
     DeploymentStatus,
@@ -244,54 +245,79 @@ _NEWEST_LINES = (
     .limit(bindparam("lines"))
 )
 _newest = _NEWEST_LINES.subquery()
-#: What GET /deploy-status shows, in one round trip (a client polls it every second or so): the
-#: deployment joined to its steps, then its newest log lines, as rows of one shape (UNION ALL; the
-#: columns a row does not fill are NULL). On the tables, so no ORM entity is built, and built once,
-#: so that a status read neither constructs nor compiles a statement.
+
+
+def _nulls(*columns: ColumnElement[Any], prefix: str = "") -> list[ColumnElement[Any]]:
+    """NULLs of the types of ``columns``, for a branch of a union that has no such values. Typed
+    (CAST), since PostgreSQL resolves a union's column types branch by branch, and two untyped NULLs
+    make a text column that a later branch's timestamps cannot join."""
+    return [cast(null(), column.type).label(f"{prefix}{column.key}") for column in columns]
+
+
+#: What GET /deploy-status reads, in one round trip (a client polls it every second or so): the
+#: deployment joined to its steps, its newest log lines, and the caller's API token when its view
+#: resolves one (``token_hash``; no row for NULL), as rows of one shape (UNION ALL; the columns a row
+#: does not fill are NULL). On the tables, so no ORM entity is built, and built once, so that a
+#: status read neither constructs nor compiles a statement.
 _STATUS_QUERY = union_all(
     select(
         *(_deployments[name] for name in _DEPLOYMENT_FIELDS),
         *(_steps[name].label(f"step_{name}") for name in _STEP_FIELDS),
         _steps.position.label("step_position"),
-        null().label("log_id"),
-        null().label("log_message"),
+        *_nulls(_newest.c.id, _newest.c.message, prefix="log_"),
+        *_nulls(*TOKEN_COLUMNS, prefix="token_"),
     )
     .select_from(Deployment.__table__)
     .outerjoin(DeploymentStep.__table__, _steps.deployment_id == _deployments.id)
     .where(_deployments.id == bindparam("deployment_id")),
     select(
-        *(null().label(name) for name in _DEPLOYMENT_FIELDS),
-        *(null().label(f"step_{name}") for name in _STEP_FIELDS),
-        null().label("step_position"),
+        *_nulls(*(_deployments[name] for name in _DEPLOYMENT_FIELDS)),
+        *_nulls(*(_steps[name] for name in _STEP_FIELDS), _steps.position, prefix="step_"),
         _newest.c.id,
         _newest.c.message,
+        *_nulls(*TOKEN_COLUMNS, prefix="token_"),
     ),
+    select(
+        *_nulls(*(_deployments[name] for name in _DEPLOYMENT_FIELDS)),
+        *_nulls(*(_steps[name] for name in _STEP_FIELDS), _steps.position, prefix="step_"),
+        *_nulls(_newest.c.id, _newest.c.message, prefix="log_"),
+        *(column.label(f"token_{column.key}") for column in TOKEN_COLUMNS),
+    ).where(ApiToken.__table__.c.token_hash == bindparam("token_hash")),
 )
 
 
 #: Where each value sits in a row of _STATUS_QUERY: read by position, a row is a plain tuple, where a
-#: lookup by name goes through the result's keys for every value (27 rows of 27 columns a poll).
+#: lookup by name goes through the result's keys for every value (27 rows of 32 columns a poll).
 _AT = {column.key: i for i, column in enumerate(_STATUS_QUERY.selected_columns)}
 _DEPLOYMENT_AT = tuple(_AT[name] for name in _DEPLOYMENT_FIELDS)
 _STEP_AT = tuple(_AT[f"step_{name}"] for name in _STEP_FIELDS)
 _STEP_NAME, _STEP_POSITION = _AT["step_step"], _AT["step_position"]
 _LOG_ID, _LOG_MESSAGE = _AT["log_id"], _AT["log_message"]
+_TOKEN_AT = slice(_AT["token_id"], _AT["token_id"] + len(TOKEN_COLUMNS))
 
 
-def _read_status(session: Session, deployment_id: str, lines: int) -> StatusView | None:
-    rows = session.execute(_STATUS_QUERY, {"deployment_id": deployment_id, "lines": lines}).all()
-    joined = [row for row in rows if row[_LOG_ID] is None]
+def _read_status(
+    session: Session, deployment_id: str, lines: int, token_hash: str | None
+) -> tuple[StatusView | None, Sequence[Any] | None]:
+    """The deployment's view (None when there is no such deployment) and, when ``token_hash`` is
+    given, that token's row (:data:`auth.TOKEN_COLUMNS`; None when there is no such token)."""
+    rows = session.execute(
+        _STATUS_QUERY, {"deployment_id": deployment_id, "lines": lines, "token_hash": token_hash}
+    ).all()
+    token = next((row[_TOKEN_AT] for row in rows if row[_TOKEN_AT.start] is not None), None)
+    joined = [row for row in rows if row[_LOG_ID] is None and row[_TOKEN_AT.start] is None]
     if not joined:
-        return None
+        return None, token
     # A deployment without step rows still has its one joined row, whose step columns are NULL.
     steps = sorted((row for row in joined if row[_STEP_NAME] is not None), key=itemgetter(_STEP_POSITION))
     logged = sorted((row for row in rows if row[_LOG_ID] is not None), key=itemgetter(_LOG_ID))
     deployment = joined[0]
-    return StatusView(
+    view = StatusView(
         **dict(zip(_DEPLOYMENT_FIELDS, (deployment[i] for i in _DEPLOYMENT_AT), strict=True)),
         steps=tuple(StepState(*(row[i] for i in _STEP_AT)) for row in steps),
         newest_lines=tuple(row[_LOG_MESSAGE] for row in logged),
     )
+    return view, token
 
 
 def view_of(session: Session, settings: Settings, deployment: Deployment) -> StatusView:
@@ -314,19 +340,30 @@ def deployment_status(
     deployment_id: str,
     *,
     org_id: str | None,
+    token: str | None = None,
     store: ObjectStore | None = None,
 ) -> dict[str, Any]:
     """The /deploy-status body of a deployment of the organisation ``org_id``.
+
+    ``token`` is the caller's Bearer token when the caller has not resolved it (in place of
+    ``org_id``): the statement that reads the status reads the token's row too, so that a poll is one
+    round trip instead of two, and it is resolved (:func:`auth.principal_of_token`) before anything is
+    shown: an invalid one is Unauthorized whatever the deployment, as everywhere else.
 
     Another organisation's deployment is 404, unless DEPLOY_STATUS_PUBLIC makes every status public:
     then a caller outside the organisation (or with no credentials, ``org_id`` None) gets the body
     with its logs and errors redacted.
     """
-    view = (
-        _read_status(session, deployment_id, settings.status_log_lines)
-        if is_plausible_id(deployment_id)
-        else None
+    token_hash = hash_token(token) if token is not None else None
+    # An id that cannot be one is not looked up, unless the statement has a token to read anyway
+    # (the id is a bound parameter: it matches nothing).
+    view, token_row = (
+        _read_status(session, deployment_id, settings.status_log_lines, token_hash)
+        if token_hash is not None or is_plausible_id(deployment_id)
+        else (None, None)
     )
+    if token_hash is not None:
+        org_id = principal_of_token(session, token_row).org_id
     if view is not None and org_id is not None and view.org_id == org_id:
         return status_body(settings, view, store)
     if view is not None and settings.deploy_status_public:

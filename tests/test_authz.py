@@ -5,7 +5,7 @@ from __future__ import annotations
 from datetime import timedelta
 
 import pytest
-from sqlalchemy import func, select, update
+from sqlalchemy import event, func, select, update
 
 from libra_deploy import auth
 from libra_deploy.db import transaction, utcnow
@@ -249,8 +249,12 @@ def test_a_session_cannot_be_used_for_writes_from_another_site(app, runtime, ten
     _error(allowed, 404, "PROJECT_NOT_FOUND")
 
 
-def test_a_revoked_token_is_refused(client, runtime, tenant):
-    assert client.get(f"/projects/{tenant.project_id}", headers=tenant.headers).status_code == 200
+@pytest.mark.parametrize("path", ["/projects/{project}", "/deploy-status?id={deployment}"])
+def test_a_revoked_token_is_refused(client, runtime, path):
+    # GET /deploy-status resolves its token in the statement that reads the status: the same answers.
+    tenant = make_tenant(runtime)
+    url = path.format(project=tenant.project_id, deployment=queued_deployment(runtime, tenant))
+    assert client.get(url, headers=tenant.headers).status_code == 200
     with transaction(runtime.sessions) as session:
         row = session.scalars(
             select(ApiToken).where(ApiToken.token_hash == auth.hash_token(tenant.token))
@@ -258,7 +262,69 @@ def test_a_revoked_token_is_refused(client, runtime, tenant):
         auth.revoke_token(session, row.id)
         # Revoking twice is harmless.
         auth.revoke_token(session, tenant.token)
-    _error(client.get(f"/projects/{tenant.project_id}", headers=tenant.headers), 401, "INVALID_TOKEN")
+    _error(client.get(url, headers=tenant.headers), 401, "INVALID_TOKEN")
+
+
+def test_an_unknown_token_on_deploy_status_is_refused_whatever_the_id(settings, runtime):
+    deployment_id = queued_deployment(runtime, make_tenant(runtime))
+    unknown = {"Authorization": "Bearer ldt_made-up-value"}
+    for public in (False, True):
+        with custom_app(settings, deploy_status_public=public) as app:
+            client = app.test_client()
+            for some_id in (deployment_id, "dep_nonexistent", "not-an-id"):
+                _error(client.get(f"/deploy-status?id={some_id}", headers=unknown), 401, "INVALID_TOKEN")
+            basic = {"Authorization": "Basic x"}
+            _error(client.get("/deploy-status?id=x", headers=basic), 401, "UNAUTHORIZED")
+
+
+def test_a_status_poll_with_a_token_is_one_statement_on_postgresql(client, runtime, tenant):
+    if runtime.engine.dialect.name != "postgresql":
+        pytest.skip("one statement in autocommit is the PostgreSQL read path; SQLite has no round trips")
+    url = f"/deploy-status?id={queued_deployment(runtime, tenant)}"
+    assert client.get(url, headers=tenant.headers).status_code == 200  # stamps the token's last use
+    statements: list[str] = []
+
+    def capture(_conn, _cursor, statement, _params, _context, _many) -> None:
+        statements.append(statement)
+
+    event.listen(runtime.engine, "before_cursor_execute", capture)
+    try:
+        polled = client.get(url, headers=tenant.headers)
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", capture)
+    assert polled.status_code == 200
+    assert len(statements) == 1, statements
+    assert "api_tokens" in statements[0]
+
+
+@pytest.mark.stack
+@pytest.mark.parametrize("path", ["/projects/{project}", "/deploy-status?id={deployment}"])
+def test_a_tokens_last_use_is_stamped_once_a_minute(client, runtime, path):
+    tenant = make_tenant(runtime)
+    url = path.format(project=tenant.project_id, deployment=queued_deployment(runtime, tenant))
+
+    def last_used():
+        with runtime.sessions() as session:
+            return session.scalar(
+                select(ApiToken.last_used_at).where(ApiToken.token_hash == auth.hash_token(tenant.token))
+            )
+
+    assert last_used() is None
+    assert client.get(url, headers=tenant.headers).status_code == 200
+    first = last_used()
+    assert first is not None
+    assert utcnow() - first < timedelta(minutes=1)
+    assert client.get(url, headers=tenant.headers).status_code == 200
+    assert last_used() == first
+    with transaction(runtime.sessions) as session:
+        session.execute(
+            update(ApiToken)
+            .where(ApiToken.token_hash == auth.hash_token(tenant.token))
+            .values(last_used_at=first - auth.LAST_USED_PRECISION - timedelta(seconds=1))
+        )
+    assert client.get(url, headers=tenant.headers).status_code == 200
+    # Set back past the precision, then stamped again (not left where it was set).
+    assert last_used() >= first
 
 
 # Public endpoints --------------------------------------------------------------------------------

@@ -6,6 +6,8 @@ the served sites (the ``sites`` blueprint; a blueprint serving sites by Host hea
 :data:`PUBLIC_BLUEPRINTS` too), ``/metrics`` unless METRICS_TOKEN guards it, and ``/deploy-status``
 when DEPLOY_STATUS_PUBLIC is set. Everything else needs credentials and shows only the caller's
 organisation (another organisation's things are 404, never 403, so that ids cannot be probed).
+A Bearer token is resolved here, before the view, except on the endpoints of
+:data:`RESOLVED_BY_VIEW`, whose view resolves it before it shows anything.
 """
 
 from __future__ import annotations
@@ -29,13 +31,24 @@ SESSION_COOKIE = "session"
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 
 
+#: Endpoints whose view resolves a Bearer token itself, from :func:`web.context.unresolved_token`, in
+#: the statement that reads what it shows (:func:`libra_deploy.auth.principal_of_token`): GET
+#: /deploy-status, which clients poll every second or so, is then one round trip instead of two.
+RESOLVED_BY_VIEW = frozenset({DEPLOY_STATUS_ENDPOINT})
+
+
 def authenticate() -> None:
     g.principal = None
+    g.unresolved_token = None
     if request.method == "OPTIONS" or request.endpoint is None:
         return
     if request.blueprint in PUBLIC_BLUEPRINTS:
         return
-    g.principal = _principal()
+    token = _bearer_token()
+    if token is not None and request.endpoint in RESOLVED_BY_VIEW:
+        g.unresolved_token = token
+        return
+    g.principal = _principal(token)
     if g.principal is None:
         if request.endpoint == DEPLOY_STATUS_ENDPOINT and runtime().settings.deploy_status_public:
             return
@@ -45,14 +58,21 @@ def authenticate() -> None:
         )
 
 
-def _principal() -> Principal | None:
-    """The caller named by the request's credentials; None when it carries none."""
+def _bearer_token() -> str | None:
+    """The token of the request's Authorization header; None when it has none."""
     header = request.headers.get("Authorization")
-    if header is not None:
-        scheme, _, token = header.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
-            raise Unauthorized("the Authorization header must be: Bearer <token>", code="UNAUTHORIZED")
-        return _resolved(lambda session: authenticate_token(session, token.strip()))
+    if header is None:
+        return None
+    scheme, _, token = header.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("the Authorization header must be: Bearer <token>", code="UNAUTHORIZED")
+    return token.strip()
+
+
+def _principal(token: str | None) -> Principal | None:
+    """The caller named by the request's credentials; None when it carries none."""
+    if token is not None:
+        return _resolved(lambda session: authenticate_token(session, token))
     cookie = request.cookies.get(SESSION_COOKIE)
     if cookie:
         _refuse_cross_site_writes()

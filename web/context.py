@@ -38,6 +38,12 @@ def maybe_principal() -> Principal | None:
     return g.get("principal")
 
 
+def unresolved_token() -> str | None:
+    """The request's Bearer token on an endpoint that resolves it itself (web.auth.RESOLVED_BY_VIEW),
+    which must do so before it shows anything; None elsewhere."""
+    return g.get("unresolved_token")
+
+
 def close_db(_exc: BaseException | None = None) -> None:
     for name in ("db", "read_db"):
         session = g.pop(name, None)

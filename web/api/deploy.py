@@ -14,7 +14,7 @@ from libra_deploy.deployments import DeployRequest, deployment_status, start_dep
 from libra_deploy.recovery import mark_unpublished
 from tasks.pipeline import start_deployment as enqueue
 from web.api import Blueprint
-from web.context import db, maybe_principal, principal, read_db, runtime
+from web.context import db, maybe_principal, principal, read_db, runtime, unresolved_token
 from web.limits import deploy_rate_limit
 from web.schemas import (
     DeployAcceptedSchema,
@@ -115,8 +115,15 @@ class DeployStatus(MethodView):
         With DEPLOY_STATUS_PUBLIC set, anyone holding the id may read it; callers outside its
         organisation get its logs and errors redacted.
         """
-        rt = runtime()
-        caller = maybe_principal()
-        return deployment_status(
-            read_db(), rt.settings, query["id"], org_id=caller.org_id if caller else None, store=rt.store
+        rt, session, caller = runtime(), read_db(), maybe_principal()
+        body = deployment_status(
+            session,
+            rt.settings,
+            query["id"],
+            org_id=caller.org_id if caller else None,
+            token=unresolved_token(),
+            store=rt.store,
         )
+        # The token's last-use stamp, when one was due (on PostgreSQL it is already committed).
+        session.commit()
+        return body

@@ -297,10 +297,11 @@ _TOKEN_AT = slice(_AT["token_id"], _AT["token_id"] + len(TOKEN_COLUMNS))
 
 
 def _read_status(
-    session: Session, deployment_id: str, lines: int, token_hash: str | None
+    session: Session, deployment_id: str | None, lines: int, token_hash: str | None
 ) -> tuple[StatusView | None, Sequence[Any] | None]:
-    """The deployment's view (None when there is no such deployment) and, when ``token_hash`` is
-    given, that token's row (:data:`auth.TOKEN_COLUMNS`; None when there is no such token)."""
+    """The deployment's view (None when there is no such deployment, or no ``deployment_id``) and,
+    when ``token_hash`` is given, that token's row (:data:`auth.TOKEN_COLUMNS`; None when there is
+    no such token)."""
     rows = session.execute(
         _STATUS_QUERY, {"deployment_id": deployment_id, "lines": lines, "token_hash": token_hash}
     ).all()
@@ -355,11 +356,12 @@ def deployment_status(
     with its logs and errors redacted.
     """
     token_hash = hash_token(token) if token is not None else None
-    # An id that cannot be one is not looked up, unless the statement has a token to read anyway
-    # (the id is a bound parameter: it matches nothing).
+    # An id that cannot be one never reaches the database (it may hold anything, a NUL byte
+    # included): the statement then looks for no deployment, only for the token, if any.
+    lookup = deployment_id if is_plausible_id(deployment_id) else None
     view, token_row = (
-        _read_status(session, deployment_id, settings.status_log_lines, token_hash)
-        if token_hash is not None or is_plausible_id(deployment_id)
+        _read_status(session, lookup, settings.status_log_lines, token_hash)
+        if lookup is not None or token_hash is not None
         else (None, None)
     )
     if token_hash is not None:

@@ -271,7 +271,7 @@ def test_an_unknown_token_on_deploy_status_is_refused_whatever_the_id(settings, 
     for public in (False, True):
         with custom_app(settings, deploy_status_public=public) as app:
             client = app.test_client()
-            for some_id in (deployment_id, "dep_nonexistent", "not-an-id"):
+            for some_id in (deployment_id, "dep_nonexistent", "not-an-id", "%00%F4%8F%BB%B6"):
                 _error(client.get(f"/deploy-status?id={some_id}", headers=unknown), 401, "INVALID_TOKEN")
             basic = {"Authorization": "Basic x"}
             _error(client.get("/deploy-status?id=x", headers=basic), 401, "UNAUTHORIZED")
@@ -295,6 +295,14 @@ def test_a_status_poll_with_a_token_is_one_statement_on_postgresql(client, runti
     assert polled.status_code == 200
     assert len(statements) == 1, statements
     assert "api_tokens" in statements[0]
+
+
+@pytest.mark.stack
+def test_an_id_that_cannot_be_one_is_404_with_a_valid_token(client, tenant):
+    # Not sent to the database, whose text cannot hold a NUL byte: the token is still resolved.
+    for some_id in ("%00%F4%8F%BB%B6", "dep_%00", "dep_%C3%A9t%C3%A9"):
+        answer = client.get(f"/deploy-status?id={some_id}", headers=tenant.headers)
+        _error(answer, 404, "DEPLOYMENT_NOT_FOUND")
 
 
 @pytest.mark.stack

@@ -77,13 +77,20 @@ def principal_of_token(session: Session, row: Sequence[Any] | None) -> Principal
 
     A statement that reads something else may read the row too (GET /deploy-status does, to answer a
     poll in one round trip); whatever it read must not be shown before this has returned."""
-    if row is None or row[3] is not None:
-        raise Unauthorized("the API token is not valid", code="INVALID_TOKEN")
-    token_id, org_id, user_id, _revoked_at, last_used_at = row
+    if row is None:
+        raise _invalid_token()
+    token_id, org_id, user_id, revoked_at, last_used_at = row
+    if revoked_at is not None:
+        raise _invalid_token()
     now = utcnow()
     if last_used_at is None or now - last_used_at > LAST_USED_PRECISION:
         session.execute(update(ApiToken).where(ApiToken.id == token_id).values(last_used_at=now))
     return Principal(org_id=org_id, user_id=user_id, token_id=token_id)
+
+
+def _invalid_token() -> Unauthorized:
+    # One answer for an unknown and a revoked token, so that it never tells which a guess was.
+    return Unauthorized("the API token is not valid", code="INVALID_TOKEN")
 
 
 def revoke_token(session: Session, token: str) -> ApiToken:

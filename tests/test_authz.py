@@ -141,20 +141,27 @@ def test_every_endpoint_is_in_the_matrix(app):
             assert (rule, method) in CROSS_ORG, f"{method} {rule} is missing from the authorisation matrix"
 
 
-def test_without_credentials_only_the_public_endpoints_answer(app, client, victim):
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [({}, "UNAUTHORIZED"), ({"Authorization": "Bearer ldt_made-up-value"}, "INVALID_TOKEN")],
+    ids=["no credentials", "unknown token"],
+)
+def test_without_valid_credentials_only_the_public_endpoints_answer(app, client, victim, headers, code):
+    # The unknown token covers the endpoints whose view resolves the token (web.auth.RESOLVED_BY_VIEW).
     for rule, methods in _rules(app):
         url = _url(rule, victim)
         for verb in VERBS:
             if verb not in methods and _other_rule_answers(app, url, verb, rule):
                 continue
-            response = client.open(url, method=verb, json={} if verb in ("POST", "PUT", "PATCH") else None)
+            body = {} if verb in ("POST", "PUT", "PATCH") else None
+            response = client.open(url, method=verb, json=body, headers=headers)
             if verb not in methods:
                 assert response.status_code == 405, (verb, url, response.status_code)
             elif rule in PUBLIC_RULES:
                 assert response.status_code not in (401, 403), (verb, url)
                 assert response.status_code < 500, (verb, url)
             else:
-                _error(response, 401, "UNAUTHORIZED")
+                _error(response, 401, code)
 
 
 def _session_cookie(runtime, tenant: Tenant) -> str:

@@ -11,6 +11,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from contextlib import contextmanager
 from datetime import UTC, datetime
+from functools import cache
 from pathlib import Path
 from typing import Any
 
@@ -124,9 +125,21 @@ def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
 
 
 def insert_ignoring_duplicates(session: Session, model: type[Base], rows: list[dict[str, Any]]) -> None:
-    """INSERT rows, skipping those whose primary key exists already (ON CONFLICT DO NOTHING)."""
+    """INSERT rows, skipping those whose primary key exists already (ON CONFLICT DO NOTHING).
+
+    Pending changes of the session are flushed first, as an ORM statement would, so that a row may
+    reference an object added but not yet written.
+    """
     if not rows:
         return
-    dialect = session.get_bind().dialect.name
+    session.flush()
+    statement = _insert_ignoring(session.get_bind().dialect.name, model.__table__)
+    session.execute(statement, rows)
+
+
+@cache
+def _insert_ignoring(dialect: str, table: Any) -> Any:
+    # Built once per table: a statement of one row per parameter set (executemany, compiled once),
+    # on the table rather than the mapped class, so it skips the ORM's bulk-insert machinery.
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert
-    session.execute(insert(model).values(rows).on_conflict_do_nothing())
+    return insert(table).on_conflict_do_nothing()

@@ -23,8 +23,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from typing import cast
 
-from sqlalchemy import exists, func, select
+from sqlalchemy import Table, bindparam, exists, func, insert, select
 from sqlalchemy.orm import Session, aliased
 
 from libra_deploy.config import Settings
@@ -75,22 +76,43 @@ def limit_of(org: Organization, settings: Settings) -> int:
     return settings.default_deploy_quota if org.deploy_quota is None else org.deploy_quota
 
 
+# POST /deploy runs these on every request, holding the organisation's lock: they are built once,
+# bound by parameters (building a statement costs more than the count it runs).
+_consumed = aliased(QuotaLedger)
+#: The ledger rows of each kind in one period, and the releases followed by a consumption (a
+#: replayed deployment that completed), which are uses: one query.
+_USAGE = select(
+    *(func.count().filter(QuotaLedger.kind == kind) for kind in (CONSUME, RESERVE, RELEASE)),
+    func.count().filter(
+        QuotaLedger.kind == RELEASE,
+        exists().where(_consumed.deployment_id == QuotaLedger.deployment_id, _consumed.kind == CONSUME),
+    ),
+).where(QuotaLedger.org_id == bindparam("org_id"), QuotaLedger.period == bindparam("period"))
+_ACTIVE = (
+    select(func.count())
+    .select_from(Deployment)
+    .where(Deployment.org_id == bindparam("org_id"), Deployment.status.in_(ACTIVE_STATUSES))
+)
+_RESERVE = insert(cast(Table, QuotaLedger.__table__))
+# FOR NO KEY UPDATE: it serialises the admissions of one organisation without conflicting with the
+# key-share locks that inserting rows which reference the organisation takes.
+_LOCK_ORG = (
+    select(Organization)
+    .where(Organization.id == bindparam("org_id"))
+    .with_for_update(key_share=True)
+    .execution_options(populate_existing=True)
+)
+
+
+def _locked_org(session: Session, org_id: str) -> Organization | None:
+    """The organisation's row, locked until the transaction ends (admissions take turns here)."""
+    return session.scalars(_LOCK_ORG, {"org_id": org_id}).one_or_none()
+
+
 def usage(session: Session, settings: Settings, org: Organization, period: str | None = None) -> Usage:
     """How much of the organisation's quota is used and reserved in ``period`` (this month by default)."""
     period = period or period_of(utcnow())
-    consumed = aliased(QuotaLedger)
-    # One query (POST /deploy asks on every request, holding the organisation's lock): the rows of
-    # each kind, and the releases followed by a consumption (a replayed deployment that completed),
-    # which are uses.
-    row = session.execute(
-        select(
-            *(func.count().filter(QuotaLedger.kind == kind) for kind in (CONSUME, RESERVE, RELEASE)),
-            func.count().filter(
-                QuotaLedger.kind == RELEASE,
-                exists().where(consumed.deployment_id == QuotaLedger.deployment_id, consumed.kind == CONSUME),
-            ),
-        ).where(QuotaLedger.org_id == org.id, QuotaLedger.period == period)
-    ).one()
+    row = session.execute(_USAGE, {"org_id": org.id, "period": period}).one()
     consumes, reserves, releases, released_then_used = (int(count or 0) for count in row)
     used = consumes
     released = releases - released_then_used
@@ -112,18 +134,10 @@ def admit(session: Session, settings: Settings, deployment: Deployment) -> None:
     ``deployment`` is already flushed (it counts as active). Raises TooManyRequests when the cap or
     the quota is exhausted; the caller's transaction, rolled back, then leaves nothing behind.
     """
-    # FOR NO KEY UPDATE: it serialises the admissions of one organisation without conflicting with
-    # the key-share locks that inserting rows which reference the organisation takes.
-    org = session.get(
-        Organization, deployment.org_id, with_for_update={"key_share": True}, populate_existing=True
-    )
+    org = _locked_org(session, deployment.org_id)
     if org is None:
         raise NotFound(f"organisation {deployment.org_id} does not exist", code="ORG_NOT_FOUND")
-    active = session.scalar(
-        select(func.count())
-        .select_from(Deployment)
-        .where(Deployment.org_id == org.id, Deployment.status.in_(ACTIVE_STATUSES))
-    )
+    active = session.scalar(_ACTIVE, {"org_id": org.id})
     cap = settings.max_active_deployments_per_org
     if (active or 0) > cap:
         raise TooManyRequests(
@@ -145,8 +159,8 @@ def reserve(session: Session, settings: Settings, org: Organization, deployment_
     current = usage(session, settings, org, period_of(now))
     if current.remaining <= 0:
         raise _exhausted(current, now)
-    session.add(QuotaLedger(org_id=org.id, deployment_id=deployment_id, kind=RESERVE, period=current.period))
-    session.flush()
+    row = {"org_id": org.id, "deployment_id": deployment_id, "kind": RESERVE, "period": current.period}
+    session.execute(_RESERVE, row)
 
 
 def readmit(session: Session, settings: Settings, deployment: Deployment) -> None:
@@ -155,9 +169,7 @@ def readmit(session: Session, settings: Settings, deployment: Deployment) -> Non
     The release is withdrawn, so the reservation holds again and the replay's outcome settles it
     once; with no unit left the replay is refused (429 DEPLOYMENT_QUOTA_EXCEEDED).
     """
-    org = session.get(
-        Organization, deployment.org_id, with_for_update={"key_share": True}, populate_existing=True
-    )
+    org = _locked_org(session, deployment.org_id)
     released = session.scalars(
         select(QuotaLedger).where(QuotaLedger.deployment_id == deployment.id, QuotaLedger.kind == RELEASE)
     ).first()

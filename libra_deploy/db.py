@@ -13,9 +13,9 @@ from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
-from sqlalchemy import DateTime, Engine, MetaData, create_engine, event
+from sqlalchemy import DateTime, Engine, MetaData, Table, create_engine, event
 from sqlalchemy.dialects import postgresql, sqlite
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Session, sessionmaker
@@ -36,6 +36,11 @@ SQLITE_BUSY_TIMEOUT_S = 30
 
 class Base(DeclarativeBase):
     metadata = MetaData(naming_convention=NAMING_CONVENTION)
+
+
+def table_of(model: type[Base]) -> Table:
+    """A mapped class's table, typed as one (``__table__`` is typed as any FromClause)."""
+    return cast(Table, model.__table__)
 
 
 def utcnow() -> datetime:
@@ -133,12 +138,12 @@ def insert_ignoring_duplicates(session: Session, model: type[Base], rows: list[d
     if not rows:
         return
     session.flush()
-    statement = _insert_ignoring(session.get_bind().dialect.name, model.__table__)
+    statement = _insert_ignoring(session.get_bind().dialect.name, table_of(model))
     session.execute(statement, rows)
 
 
 @cache
-def _insert_ignoring(dialect: str, table: Any) -> Any:
+def _insert_ignoring(dialect: str, table: Table) -> Any:
     # Built once per table: a statement of one row per parameter set (executemany, compiled once),
     # on the table rather than the mapped class, so it skips the ORM's bulk-insert machinery.
     insert = postgresql.insert if dialect == "postgresql" else sqlite.insert

@@ -12,14 +12,14 @@ from datetime import datetime
 from operator import itemgetter
 from typing import Any
 
-from sqlalchemy import ColumnElement, bindparam, cast, null, select, union_all
+from sqlalchemy import ColumnElement, bindparam, cast, insert, null, select, union_all
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from libra_deploy import accounts, domains, quota, uploads, webhooks
 from libra_deploy.auth import TOKEN_COLUMNS, Principal, hash_token, principal_of_token
 from libra_deploy.config import Settings
-from libra_deploy.db import utcnow
+from libra_deploy.db import table_of, utcnow
 from libra_deploy.errors import Conflict, Forbidden, InvalidInput, NotFound, PayloadTooLarge
 from libra_deploy.models import (
     ApiToken,
@@ -78,6 +78,12 @@ def check_history(messages: Sequence[Mapping[str, Any]], settings: Settings) -> 
     return checked
 
 
+# A new deployment's step rows and first log line are plain rows nobody reads back in the request:
+# written through their tables, without the ORM's unit of work.
+_NEW_STEPS = insert(table_of(DeploymentStep))
+_NEW_LINE = insert(table_of(DeploymentLog))
+
+
 def start_deployment(
     session: Session,
     settings: Settings,
@@ -127,7 +133,6 @@ def start_deployment(
         # the process dies first the reaper publishes it after PICKUP_TIMEOUT.
         enqueued_at=utcnow(),
     )
-    deployment.steps = [DeploymentStep(step=name, position=i) for i, name in enumerate(STEPS)]
     session.add(deployment)
     try:
         # The partial unique index on active deployments decides races between concurrent POSTs.
@@ -135,9 +140,11 @@ def start_deployment(
     except IntegrityError:
         # The caller's transaction is rolled back as this error leaves it.
         raise deployment_in_progress(request.project_id) from None
+    steps = [{"deployment_id": deployment.id, "step": step, "position": i} for i, step in enumerate(STEPS)]
+    session.execute(_NEW_STEPS, steps)
     quota.admit(session, settings, deployment)
     project.deployment_status = ProjectStatus.PREPARING
-    session.add(DeploymentLog(deployment_id=deployment.id, message="Deployment queued"))
+    session.execute(_NEW_LINE, {"deployment_id": deployment.id, "message": "Deployment queued"})
     _store_blobs(store, files)
     uploaded = {f.sha256: len(f.data) for f in files if f.data is not None and f.sha256}
     uploads.grant(session, principal.org_id, uploaded)

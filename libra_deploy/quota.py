@@ -23,13 +23,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from typing import cast
 
-from sqlalchemy import Table, bindparam, exists, func, insert, select
+from sqlalchemy import bindparam, exists, func, insert, select
 from sqlalchemy.orm import Session, aliased
 
 from libra_deploy.config import Settings
-from libra_deploy.db import utcnow
+from libra_deploy.db import table_of, utcnow
 from libra_deploy.errors import InvalidInput, NotFound, TooManyRequests
 from libra_deploy.models import ACTIVE_STATUSES, Deployment, Organization, QuotaLedger
 
@@ -93,7 +92,7 @@ _ACTIVE = (
     .select_from(Deployment)
     .where(Deployment.org_id == bindparam("org_id"), Deployment.status.in_(ACTIVE_STATUSES))
 )
-_RESERVE = insert(cast(Table, QuotaLedger.__table__))
+_RESERVE = insert(table_of(QuotaLedger))
 # FOR NO KEY UPDATE: it serialises the admissions of one organisation without conflicting with the
 # key-share locks that inserting rows which reference the organisation takes.
 _LOCK_ORG = (

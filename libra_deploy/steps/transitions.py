@@ -23,12 +23,11 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from datetime import datetime, timedelta
-from typing import Any, cast
+from typing import Any
 
 from sqlalchemy import (
     Column,
     String,
-    Table,
     Text,
     bindparam,
     case,
@@ -44,7 +43,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
-from libra_deploy.db import UTCDateTime
+from libra_deploy.db import UTCDateTime, table_of
 from libra_deploy.models import (
     ACTIVE_STATUSES,
     FINISHED_STATUSES,
@@ -57,11 +56,10 @@ from libra_deploy.models import (
 )
 from libra_deploy.steps import BULKY, PROGRESS, PROJECT_STATUS, SLOT_STEPS, STEPS, UNREAD
 
-# The tables themselves (a mapped class's __table__ is typed as any FromClause).
-_deployments = cast(Table, Deployment.__table__)
-_steps = cast(Table, DeploymentStep.__table__)
-_projects = cast(Table, Project.__table__)
-_logs = cast(Table, DeploymentLog.__table__)
+_deployments = table_of(Deployment)
+_steps = table_of(DeploymentStep)
+_projects = table_of(Project)
+_logs = table_of(DeploymentLog)
 
 
 def _returned(left_out: Sequence[Any]) -> tuple[list[Column[Any]], list[Column[Any]]]:

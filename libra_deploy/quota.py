@@ -21,6 +21,7 @@ on SQLite because every write transaction holds the database lock (``BEGIN IMMED
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -87,10 +88,12 @@ _USAGE = select(
         exists().where(_consumed.deployment_id == QuotaLedger.deployment_id, _consumed.kind == CONSUME),
     ),
 ).where(QuotaLedger.org_id == bindparam("org_id"), QuotaLedger.period == bindparam("period"))
-_ACTIVE = (
+#: What an admission counts, in one round trip: the ledger's counts, then the organisation's active
+#: deployments.
+_ADMISSION = _USAGE.add_columns(
     select(func.count())
-    .select_from(Deployment)
     .where(Deployment.org_id == bindparam("org_id"), Deployment.status.in_(ACTIVE_STATUSES))
+    .scalar_subquery()
 )
 _RESERVE = insert(table_of(QuotaLedger))
 # FOR NO KEY UPDATE: it serialises the admissions of one organisation without conflicting with the
@@ -111,8 +114,13 @@ def _locked_org(session: Session, org_id: str) -> Organization | None:
 def usage(session: Session, settings: Settings, org: Organization, period: str | None = None) -> Usage:
     """How much of the organisation's quota is used and reserved in ``period`` (this month by default)."""
     period = period or period_of(utcnow())
-    row = session.execute(_USAGE, {"org_id": org.id, "period": period}).one()
-    consumes, reserves, releases, released_then_used = (int(count or 0) for count in row)
+    counts = session.execute(_USAGE, {"org_id": org.id, "period": period}).one()
+    return _usage(settings, org, period, counts)
+
+
+def _usage(settings: Settings, org: Organization, period: str, counts: Sequence[int | None]) -> Usage:
+    """The usage from the ledger's counts as ``_USAGE`` gives them."""
+    consumes, reserves, releases, released_then_used = (int(count or 0) for count in counts)
     used = consumes
     released = releases - released_then_used
     start, end = period_bounds(period)
@@ -136,7 +144,10 @@ def admit(session: Session, settings: Settings, deployment: Deployment) -> None:
     org = _locked_org(session, deployment.org_id)
     if org is None:
         raise NotFound(f"organisation {deployment.org_id} does not exist", code="ORG_NOT_FOUND")
-    active = session.scalar(_ACTIVE, {"org_id": org.id})
+    now = utcnow()
+    period = period_of(now)
+    # Counted after the lock is held (a statement of its own, so it sees every admission before).
+    *counts, active = session.execute(_ADMISSION, {"org_id": org.id, "period": period}).one()
     cap = settings.max_active_deployments_per_org
     if (active or 0) > cap:
         raise TooManyRequests(
@@ -146,19 +157,10 @@ def admit(session: Session, settings: Settings, deployment: Deployment) -> None:
             code="TOO_MANY_ACTIVE_DEPLOYMENTS",
             details={"limit": "MAX_ACTIVE_DEPLOYMENTS_PER_ORG", "value": cap},
         )
-    reserve(session, settings, org, deployment.id)
-
-
-def reserve(session: Session, settings: Settings, org: Organization, deployment_id: str) -> None:
-    """Reserve one unit for the deployment, or raise 429 DEPLOYMENT_QUOTA_EXCEEDED.
-
-    The caller holds the organisation's row lock (see :func:`admit`).
-    """
-    now = utcnow()
-    current = usage(session, settings, org, period_of(now))
+    current = _usage(settings, org, period, counts)
     if current.remaining <= 0:
         raise _exhausted(current, now)
-    row = {"org_id": org.id, "deployment_id": deployment_id, "kind": RESERVE, "period": current.period}
+    row = {"org_id": org.id, "deployment_id": deployment.id, "kind": RESERVE, "period": period}
     session.execute(_RESERVE, row)
 
 

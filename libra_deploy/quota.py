@@ -25,11 +25,11 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from sqlalchemy import bindparam, exists, func, insert, select
+from sqlalchemy import Executable, bindparam, exists, func, insert, literal, or_, select
 from sqlalchemy.orm import Session, aliased
 
 from libra_deploy.config import Settings
-from libra_deploy.db import table_of, utcnow
+from libra_deploy.db import UTCDateTime, table_of, utcnow
 from libra_deploy.errors import InvalidInput, NotFound, TooManyRequests
 from libra_deploy.models import ACTIVE_STATUSES, Deployment, Organization, QuotaLedger
 
@@ -228,24 +228,41 @@ def release(session: Session, deployment_id: str) -> bool:
 
 def _settle(session: Session, deployment_id: str, kind: str) -> bool:
     # The reservation's row lock orders a consumption and a release racing for one deployment
-    # (a cancel arriving while cleanup completes): the second sees the first and stands down.
-    reservation = session.scalars(
-        select(QuotaLedger)
-        .where(QuotaLedger.deployment_id == deployment_id, QuotaLedger.kind == RESERVE)
-        .with_for_update()
-    ).first()
-    if reservation is None:
+    # (a cancel arriving while cleanup completes): the second sees the first and stands down, since
+    # the INSERT, a statement of its own, runs after the lock is held and sees what the first wrote.
+    if session.scalar(_LOCK_RESERVATION, {"deployment_id": deployment_id}) is None:
         return False
-    kinds = set(session.scalars(select(QuotaLedger.kind).where(QuotaLedger.deployment_id == deployment_id)))
-    if kind in kinds or (kind == RELEASE and CONSUME in kinds):
-        return False
-    session.add(
-        QuotaLedger(
-            org_id=reservation.org_id, deployment_id=deployment_id, kind=kind, period=reservation.period
-        )
+    return session.scalar(_SETTLE[kind], {"deployment_id": deployment_id, "now": utcnow()}) is not None
+
+
+def _settle_statement(kind: str) -> Executable:
+    """INSERT the deployment's row of ``kind``, copied from its reservation, unless a row already
+    settles it: a consumption or a release is written once, and nothing is released once consumed."""
+    settled_by = (CONSUME,) if kind == CONSUME else (CONSUME, RELEASE)
+    ledger = table_of(QuotaLedger)
+    reservation, other = ledger.c, aliased(ledger).c
+    already_settled = exists().where(
+        other.deployment_id == reservation.deployment_id, or_(*(other.kind == k for k in settled_by))
     )
-    session.flush()
-    return True
+    copy = select(
+        reservation.org_id,
+        reservation.deployment_id,
+        literal(kind),
+        reservation.period,
+        bindparam("now", type_=UTCDateTime),
+    ).where(
+        reservation.deployment_id == bindparam("deployment_id"), reservation.kind == RESERVE, ~already_settled
+    )
+    columns = ["org_id", "deployment_id", "kind", "period", "created_at"]
+    return insert(ledger).from_select(columns, copy).returning(ledger.c.id)
+
+
+_LOCK_RESERVATION = (
+    select(QuotaLedger.id)
+    .where(QuotaLedger.deployment_id == bindparam("deployment_id"), QuotaLedger.kind == RESERVE)
+    .with_for_update()
+)
+_SETTLE = {kind: _settle_statement(kind) for kind in (CONSUME, RELEASE)}
 
 
 def set_limit(session: Session, org_id: str, limit: int | None) -> Organization:

@@ -15,8 +15,9 @@ the fallback for a hand-over that was never published, not the way the line move
 from __future__ import annotations
 
 from datetime import datetime
+from typing import Any
 
-from sqlalchemy import Select, case, func, select, text
+from sqlalchemy import ColumnElement, Select, case, func, select, text
 from sqlalchemy.orm import Session
 
 from libra_deploy.config import Settings
@@ -56,12 +57,21 @@ def try_acquire(session: Session, deployment: Deployment, capacity: int, now: da
     # Neither count includes this deployment, whatever its row says: no need to flush it first
     # (the change is written once, with the rest of the step's, instead of twice).
     with session.no_autoflush:
-        _serialise(session)
+        serialise(session)
         held, ahead = session.execute(select(_held().scalar_subquery(), ahead_of_it.scalar_subquery())).one()
     if held + ahead >= capacity:
         return int(ahead)
     deployment.slot_acquired_at = now
     return None
+
+
+def free_for_a_newcomer(capacity: Any) -> ColumnElement[bool]:
+    """SQL: a deployment asking for a slot now would get one at once. The held slots and the whole
+    line (everyone waiting asked before it) leave one free. For a statement that runs under
+    :func:`serialise`; the counts do not correlate with a ``deployments`` the statement selects."""
+    held = _held().correlate(None).scalar_subquery()
+    line = select(func.count()).select_from(Deployment).where(*_WAITING).correlate(None).scalar_subquery()
+    return held + line < capacity
 
 
 def wait_s(settings: Settings, ahead: int) -> float:
@@ -87,7 +97,7 @@ def turn_come(session: Session, capacity: int) -> list[str]:
     give back a slot at the same moment count each other's release, and so call two waiters, not
     the first one twice. Waking one that cannot take a slot after all costs one task, no more.
     """
-    _serialise(session)
+    serialise(session)
     held = _held().scalar_subquery()
     # One statement: it runs after every cleanup, and there is mostly nobody waiting.
     free = case((held < capacity, capacity - held), else_=0)
@@ -98,7 +108,8 @@ def turn_come(session: Session, capacity: int) -> list[str]:
     )
 
 
-def _serialise(session: Session) -> None:
+def serialise(session: Session) -> None:
+    """Take the lock that serialises slot grants, until the transaction ends."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK})
 

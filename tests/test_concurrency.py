@@ -180,3 +180,34 @@ def test_the_line_for_a_slot_moves_in_order_one_at_a_time_past_a_cancelled_waite
         # One slot: each sandbox is created after the one before it was destroyed.
         assert rows[before].sandbox_destroyed_at <= rows[after].sandbox_created_at
         assert (rows[after].slot_acquired_at - rows[before].slot_released_at).total_seconds() < 5
+
+
+def test_a_newcomer_does_not_take_a_freed_slot_from_the_deployment_first_in_line(one_slot):
+    """A slot given back belongs to the first in line, even before it asks again: a deployment that
+    reaches its sandbox step in the meantime finds no slot free and lines up behind it."""
+    from libra_deploy.steps.runner import Outcome, run_step
+    from tests.helpers import queued_deployment
+
+    runtime, _client = one_slot
+    tenant = make_tenant(runtime)
+    holder, waiter, newcomer = (
+        queued_deployment(runtime, tenant, new_project(runtime, tenant)) for _ in range(3)
+    )
+
+    def run(deployment_id: str, *steps: str) -> list[Any]:
+        return [run_step(runtime, step, deployment_id, f"{step}-{uuid.uuid4().hex}") for step in steps]
+
+    for deployment_id in (holder, waiter, newcomer):
+        run(deployment_id, "validate", "sync")
+    assert run(holder, "sandbox")[0].outcome is Outcome.RAN
+    assert run(waiter, "sandbox")[0].outcome is Outcome.WAITING
+    *_, cleanup = run(holder, "build", "deploy", "cleanup")
+    assert cleanup.woken == (waiter,)
+
+    assert run(newcomer, "sandbox")[0].outcome is Outcome.WAITING
+    assert run(waiter, "sandbox")[0].outcome is Outcome.RAN
+    assert [r.outcome for r in run(waiter, "build", "deploy", "cleanup")] == [Outcome.RAN] * 3
+    assert [r.outcome for r in run(newcomer, "sandbox", "build", "deploy", "cleanup")] == [Outcome.RAN] * 4
+    rows = _slots(runtime, [holder, waiter, newcomer])
+    served = sorted(rows.values(), key=lambda row: row.slot_acquired_at)
+    assert [row.id for row in served] == [holder, waiter, newcomer]

@@ -182,7 +182,8 @@ def test_on_postgresql_a_step_begins_in_one_statement_and_completes_in_one(runti
     """A step's first attempt begins with one statement in autocommit (no BEGIN, no COMMIT) and
     completes with one more, in the transaction that holds its record: the transitions are most
     of what the pipeline adds to a bare chain (steps.transitions). The step that asks for a
-    sandbox slot begins by the full rule."""
+    sandbox slot, when one is free, begins with one statement too, in a transaction after the lock
+    that serialises slot grants."""
     import dataclasses
 
     from sqlalchemy import event
@@ -206,7 +207,9 @@ def test_on_postgresql_a_step_begins_in_one_statement_and_completes_in_one(runti
         for step in ("validate", "sync", "sandbox"):
             statements.clear()
             run_step(own, step, deployment_id, f"task-{step}")
-            locking[step] = [(s, isolation) for s, isolation in statements if "FOR UPDATE" in s]
+            locking[step] = [
+                (s, isolation) for s, isolation in statements if "FOR UPDATE" in s or "pg_advisory" in s
+            ]
         with own.sessions() as session:
             rows = {r.step: r for r in session.query(DeploymentStep).filter_by(deployment_id=deployment_id)}
             lines = [
@@ -226,7 +229,13 @@ def test_on_postgresql_a_step_begins_in_one_statement_and_completes_in_one(runti
         ], step
         assert (rows[step].status, rows[step].attempts) == ("completed", 1), step
         assert f"{TITLES[step]}..." in lines
-    assert "FROM deployments JOIN deployment_steps" in locking["sandbox"][0][0]
+    # A slot was free: the slots' lock, then begun and completed by one CTE each, in transactions.
+    begun = [(s.split("(")[0].strip(), isolation) for s, isolation in locking["sandbox"]]
+    assert begun == [
+        ("SELECT pg_advisory_xact_lock", None),
+        ("WITH locked AS", None),
+        ("WITH locked AS", None),
+    ]
     assert rows["sandbox"].status == "completed"
     assert [r.status for r in rows.values() if r.step not in ("validate", "sync", "sandbox")] == [
         "pending"

@@ -53,7 +53,6 @@ def record(session: Session, deployment: Deployment, project: Project, result: N
                 message=f"Deployment completed in {elapsed:.1f} s",
             )
         )
-        # Last of the changes: it flushes them all, the ledger's row with the deployment's.
         quota.consume(session, deployment.id)
         # In the transaction that completes the deployment: the event cannot be lost or invented.
         webhooks.record_event(session, deployment, "deployment.completed")

@@ -163,10 +163,7 @@ class LogBuffer:
 
     def flush(self) -> None:
         """Write pending lines now."""
-        lines = self.take()
-        if lines:
-            with transaction(self._runtime.sessions) as session:
-                write_lines(session, lines)
+        write_alone(self._runtime, self.take())
 
 
 @dataclass
@@ -232,7 +229,7 @@ def run_step(runtime: Runtime, step: str, deployment_id: str, task_id: str | Non
     except Exception:
         watcher.unwatch(watch)
         # Whatever happens, lines already produced (a build's output) are kept.
-        _write_pending(runtime, logs)
+        write_alone(runtime, logs.take())
         if watch.cancelled.is_set():
             _record_cancelled(runtime, step, deployment_id, logs)
             return StepRun(Outcome.CANCELLED)
@@ -245,19 +242,23 @@ def run_step(runtime: Runtime, step: str, deployment_id: str, task_id: str | Non
         with transaction(runtime.sessions) as session:
             woken = _complete(session, runtime, module, step, deployment_id, result, pending)
     except Exception:
-        with transaction(runtime.sessions) as session:
-            write_lines(session, pending)
+        write_alone(runtime, pending)
         raise
     if watch.cancelled.is_set() and step != "cleanup":
         return StepRun(Outcome.CANCELLED)
     return StepRun(Outcome.RAN, woken=tuple(woken))
 
 
-def _write_pending(runtime: Runtime, logs: LogBuffer) -> None:
-    pending = logs.take()
-    if pending:
-        with transaction(runtime.sessions) as session:
-            write_lines(session, pending)
+def write_alone(runtime: Runtime, lines: list[dict[str, Any]]) -> None:
+    """Write log lines outside the step's transactions.
+
+    A line stands alone (a batch need not be written all or nothing), so on PostgreSQL they go
+    through an autocommit session: their INSERT is its own transaction, without a round trip for
+    BEGIN and one for COMMIT.
+    """
+    if lines:
+        with transaction(runtime.read_sessions) as session:
+            write_lines(session, lines)
 
 
 def _load(
@@ -298,10 +299,15 @@ def _begin_at_once(
         return None
     now = utcnow()
     settings = runtime.settings
-    with runtime.read_sessions() as session:
-        loaded = transitions.begin(
-            session, step, deployment_id, task_id, now, settings.deployment_timeout_s, f"{TITLES[step]}..."
-        )
+    args = (step, deployment_id, task_id, now, settings.deployment_timeout_s, f"{TITLES[step]}...")
+    if step == transitions.ASKS_FOR_SLOT:
+        # Its count of the held slots must see every grant before it: after the lock, in a transaction.
+        with transaction(runtime.sessions) as session:
+            slots.serialise(session)
+            loaded = transitions.begin(session, *args, settings.max_concurrent_deployments)
+    else:
+        with runtime.read_sessions() as session:
+            loaded = transitions.begin(session, *args, settings.max_concurrent_deployments)
     if loaded is None:
         return None
     deployment, project = loaded

@@ -9,12 +9,15 @@ returns the deployment and its project for the ORM to load. The statements are b
 step and bound by parameters (building one costs more than running it).
 
 :func:`begin` takes the common case only: a step's first attempt on a deployment that is queued or
-running, holds its sandbox slot if the step needs one, and has time left. Anything else (a retry,
-a redelivery or a copy of a message, a sandbox slot to ask for, a finished deployment, a
-deployment out of time) makes the statement change nothing and return no row, and the runner
-decides it by the full rule (``runner._begin``), which is also what runs on SQLite, where a round
-trip costs nothing. It runs in autocommit: one statement is its own transaction, so BEGIN and
-COMMIT cost no round trip either.
+running, holds its sandbox slot if the step needs one (for the step that asks for the slot: asks
+for the first time, and one is free at once), and has time left. Anything else (a retry, a
+redelivery or a copy of a message, a wait for a slot, a finished deployment, a deployment out of
+time) makes the statement change nothing and return no row, and the runner decides it by the full
+rule (``runner._begin``), which is also what runs on SQLite, where a round trip costs nothing. It
+runs in autocommit, one statement being its own transaction, so BEGIN and COMMIT cost no round trip
+either; except the step that asks for a slot, whose statement runs in a transaction after the lock
+that serialises slot grants (``slots.serialise``), so that its count of the held slots sees every
+grant before it.
 
 :func:`complete` runs inside the transaction that also holds the step's own ``record``.
 """
@@ -27,6 +30,7 @@ from typing import Any
 
 from sqlalchemy import (
     Column,
+    Integer,
     String,
     Text,
     bindparam,
@@ -43,6 +47,7 @@ from sqlalchemy.dialects.postgresql import ARRAY
 from sqlalchemy.orm import Session
 from sqlalchemy.sql import Executable
 
+from libra_deploy import slots
 from libra_deploy.db import UTCDateTime, table_of
 from libra_deploy.models import (
     ACTIVE_STATUSES,
@@ -88,6 +93,10 @@ def _locked(*conditions: Any) -> Any:
     )
 
 
+#: The step that asks for a sandbox slot (slots.py); build and deploy run while it is held.
+ASKS_FOR_SLOT = next(step for step in STEPS if step in SLOT_STEPS)
+
+
 def _begin_statement(step: str) -> Executable:
     deployments, steps, projects = _deployments.c, _steps.c, _projects.c
     origin = func.coalesce(deployments.slot_acquired_at, deployments.started_at)
@@ -96,7 +105,16 @@ def _begin_statement(step: str) -> Executable:
         # Time left, as runner._budget_s counts it (which raises when there is none).
         or_(origin.is_(None), origin > _at("cutoff")),
     ]
-    if step in SLOT_STEPS:
+    slot: dict[str, Any] = {}
+    if step == ASKS_FOR_SLOT:
+        # Its first ask, granted at once; one that must wait is the full rule's (its place in line).
+        runnable += [
+            deployments.slot_requested_at.is_(None),
+            deployments.slot_acquired_at.is_(None),
+            slots.free_for_a_newcomer(bindparam("capacity", type_=Integer)),
+        ]
+        slot = {"slot_requested_at": _at("now"), "slot_acquired_at": _at("now")}
+    elif step in SLOT_STEPS:
         runnable += [deployments.slot_acquired_at.is_not(None), deployments.slot_released_at.is_(None)]
     locked = _locked(*runnable)
     marked = (
@@ -130,6 +148,7 @@ def _begin_statement(step: str) -> Executable:
             heartbeat_at=_at("now"),
             # Set here: SQLAlchemy applies no onupdate inside a CTE.
             updated_at=_at("now"),
+            **slot,
         )
         .returning(*deployment_columns)
         .cte("moved")
@@ -227,10 +246,7 @@ def _complete_statement(step: str) -> Executable:
     return select(Deployment, Project).from_statement(returned)
 
 
-#: The step that asks for a sandbox slot: asking is for the full rule (slots.try_acquire), so that
-#: step's begin is not the common case, and it has no statement.
-_ASKS_FOR_SLOT = next(step for step in STEPS if step in SLOT_STEPS)
-_BEGIN = {step: _begin_statement(step) for step in STEPS if step != _ASKS_FOR_SLOT}
+_BEGIN = {step: _begin_statement(step) for step in STEPS}
 _COMPLETE = {step: _complete_statement(step) for step in STEPS}
 
 
@@ -249,23 +265,24 @@ def begin(
     now: datetime,
     timeout_s: float,
     line: str,
+    capacity: int,
 ) -> tuple[Deployment, Project] | None:
     """Mark the step in progress if this is the common case, with ``line`` logged; else change nothing.
 
-    Returns the deployment and its project as they are now, without the bulky columns the step
-    does not read; None when the runner must decide by the full rule.
+    ``capacity`` is MAX_CONCURRENT_DEPLOYMENTS, for the step that asks for a sandbox slot: the
+    caller holds ``slots.serialise`` for that one. Returns the deployment and its project as they
+    are now, without the bulky columns the step does not read; None when the runner must decide by
+    the full rule.
     """
-    statement = _BEGIN.get(step)
-    if statement is None:
-        return None
     params = {
         "deployment": deployment_id,
         "task": task_id,
         "now": now,
         "cutoff": now - timedelta(seconds=timeout_s),
         "line": line,
+        "capacity": capacity,
     }
-    return _loaded(session, statement, params)
+    return _loaded(session, _BEGIN[step], params)
 
 
 def complete(

@@ -15,7 +15,6 @@ the fallback for a hand-over that was never published, not the way the line move
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
 
 from sqlalchemy import ColumnElement, Select, case, func, select, text
 from sqlalchemy.orm import Session
@@ -65,7 +64,7 @@ def try_acquire(session: Session, deployment: Deployment, capacity: int, now: da
     return None
 
 
-def free_for_a_newcomer(capacity: Any) -> ColumnElement[bool]:
+def free_for_a_newcomer(capacity: ColumnElement[int]) -> ColumnElement[bool]:
     """SQL: a deployment asking for a slot now would get one at once. The held slots and the whole
     line (everyone waiting asked before it) leave one free. For a statement that runs under
     :func:`serialise`; the counts do not correlate with a ``deployments`` the statement selects."""

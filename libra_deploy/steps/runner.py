@@ -20,7 +20,8 @@ progress (DUPLICATE) or completed (DONE_BY_ANOTHER) under another task id, and s
 redelivery of the message that completed the step has that step's task id: it goes on
 (ALREADY_DONE), since its worker may have died before it published the next step.
 
-On PostgreSQL, *begin* in its common case (a first attempt that runs) is one statement, and
+On PostgreSQL, *begin* in its common case (a first attempt that runs; for the sandbox step, one
+that finds a slot free at once, counted after the slots' lock) is one statement, and
 *record* marks the step completed in one statement before the step's own writes
 (:mod:`libra_deploy.steps.transitions`). When that first statement finds anything but the common
 case, it changes nothing and *begin* decides by the full rule above.

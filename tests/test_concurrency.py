@@ -211,3 +211,36 @@ def test_a_newcomer_does_not_take_a_freed_slot_from_the_deployment_first_in_line
     rows = _slots(runtime, [holder, waiter, newcomer])
     served = sorted(rows.values(), key=lambda row: row.slot_acquired_at)
     assert [row.id for row in served] == [holder, waiter, newcomer]
+
+
+def test_deployments_asking_for_the_last_slot_at_once_get_it_one_at_a_time(one_slot):
+    """The slot count runs after the lock that serialises grants: of six deployments asking for
+    the one slot at the same moment, one gets it and five line up."""
+    from libra_deploy.steps.runner import Outcome, run_step
+    from tests.helpers import queued_deployment
+
+    runtime, _client = one_slot
+    tenant = make_tenant(runtime)
+    ids = [queued_deployment(runtime, tenant, new_project(runtime, tenant)) for _ in range(6)]
+    for deployment_id in ids:
+        for step in ("validate", "sync"):
+            run_step(runtime, step, deployment_id, f"{step}-{deployment_id}")
+    start = Barrier(len(ids))
+
+    def ask(deployment_id: str) -> Any:
+        start.wait()
+        return run_step(runtime, "sandbox", deployment_id, f"sandbox-{deployment_id}").outcome
+
+    with ThreadPoolExecutor(max_workers=len(ids)) as pool:
+        outcomes = dict(zip(ids, pool.map(ask, ids), strict=True))
+
+    assert sorted(outcomes.values()) == sorted([Outcome.RAN] + [Outcome.WAITING] * 5), outcomes
+    holder = next(d for d, outcome in outcomes.items() if outcome is Outcome.RAN)
+    # Each in turn, in the order they lined up, so that the slot is free for the tests after this one.
+    rows = _slots(runtime, ids)
+    line = sorted((d for d in ids if d != holder), key=lambda d: rows[d].slot_requested_at)
+    for deployment_id, steps in [(holder, ("build", "deploy", "cleanup"))] + [
+        (d, ("sandbox", "build", "deploy", "cleanup")) for d in line
+    ]:
+        for step in steps:
+            assert run_step(runtime, step, deployment_id, f"{step}-{deployment_id}-2").outcome is Outcome.RAN

@@ -17,10 +17,12 @@ from sqlalchemy import func, select
 
 from libra_deploy.models import Deployment, DeploymentStatus
 from libra_deploy.runtime import Runtime
+from libra_deploy.steps.runner import Outcome, run_step
 from tests.helpers import (
     deploy,
     make_tenant,
     new_project,
+    queued_deployment,
     service_on,
     sleeping_build,
     text_files,
@@ -185,9 +187,6 @@ def test_the_line_for_a_slot_moves_in_order_one_at_a_time_past_a_cancelled_waite
 def test_a_newcomer_does_not_take_a_freed_slot_from_the_deployment_first_in_line(one_slot):
     """A slot given back belongs to the first in line, even before it asks again: a deployment that
     reaches its sandbox step in the meantime finds no slot free and lines up behind it."""
-    from libra_deploy.steps.runner import Outcome, run_step
-    from tests.helpers import queued_deployment
-
     runtime, _client = one_slot
     tenant = make_tenant(runtime)
     holder, waiter, newcomer = (
@@ -216,9 +215,6 @@ def test_a_newcomer_does_not_take_a_freed_slot_from_the_deployment_first_in_line
 def test_deployments_asking_for_the_last_slot_at_once_get_it_one_at_a_time(one_slot):
     """The slot count runs after the lock that serialises grants: of six deployments asking for
     the one slot at the same moment, one gets it and five line up."""
-    from libra_deploy.steps.runner import Outcome, run_step
-    from tests.helpers import queued_deployment
-
     runtime, _client = one_slot
     tenant = make_tenant(runtime)
     ids = [queued_deployment(runtime, tenant, new_project(runtime, tenant)) for _ in range(6)]

@@ -8,7 +8,7 @@ from typing import Any
 
 from sqlalchemy import select
 from sqlalchemy.exc import IntegrityError
-from sqlalchemy.orm import Session
+from sqlalchemy.orm import Session, defer
 
 from libra_deploy import domains, sources, templates
 from libra_deploy.config import Settings
@@ -92,9 +92,14 @@ def create_project(
     return project
 
 
-def get_project(session: Session, org_id: str, project_id: str) -> Project:
-    """The project, if it belongs to the organisation. Another organisation's project is 404."""
-    project = session.get(Project, project_id) if is_plausible_id(project_id) else None
+def get_project(session: Session, org_id: str, project_id: str, *, with_manifest: bool = True) -> Project:
+    """The project, if it belongs to the organisation. Another organisation's project is 404.
+
+    ``with_manifest=False`` leaves its source manifest unread (a big site's is megabytes of JSON;
+    reading it then raises), for callers that never look at it.
+    """
+    options = () if with_manifest else (defer(Project.source_manifest, raiseload=True),)
+    project = session.get(Project, project_id, options=options) if is_plausible_id(project_id) else None
     if project is None or project.org_id != org_id:
         raise NotFound(
             "The specified project does not exist or you do not have access to it", code="PROJECT_NOT_FOUND"

@@ -123,6 +123,29 @@ def test_a_build_that_exits_1_fails_with_the_log_tail_and_the_sandbox_is_gone(
     assert project["deploymentStatus"] == "failed"
 
 
+def test_post_deploy_leaves_the_projects_manifest_unread(runtime, tenant):
+    """Starting a deployment never looks at its project's source manifest (megabytes of JSON for a
+    big site): the project is read without it."""
+    from sqlalchemy import event
+
+    from tests.helpers import new_project, queued_deployment
+
+    project_id = new_project(runtime, tenant)
+    reads: list[str] = []
+
+    def capture(_conn, _cursor, statement, _params, _context, _many) -> None:
+        if "FROM projects" in statement:
+            reads.append(statement)
+
+    event.listen(runtime.engine, "before_cursor_execute", capture)
+    try:
+        queued_deployment(runtime, tenant, project_id)
+    finally:
+        event.remove(runtime.engine, "before_cursor_execute", capture)
+    assert reads
+    assert not [statement for statement in reads if "projects.source_manifest" in statement]
+
+
 def test_a_step_loads_only_the_bulky_columns_it_reads(runtime, tenant):
     """A big site's request and manifests are megabytes of JSON: a step's locking statement loads
     those its execute reads (steps.READS) when it begins, and none of them when it completes."""

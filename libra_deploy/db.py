@@ -132,8 +132,9 @@ def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
 def insert_ignoring_duplicates(session: Session, model: type[Base], rows: list[dict[str, Any]]) -> None:
     """INSERT rows, skipping those whose primary key exists already (ON CONFLICT DO NOTHING).
 
-    Pending changes of the session are flushed first, as an ORM statement would, so that a row may
-    reference an object added but not yet written.
+    Any number of rows: each is a parameter set of one statement (executemany), so no statement
+    grows with them and no bound-parameter limit applies. Pending changes of the session are flushed
+    first, as an ORM statement would, so that a row may reference an object added but not yet written.
     """
     if not rows:
         return

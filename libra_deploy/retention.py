@@ -173,9 +173,8 @@ def _sweep_blobs(runtime: Runtime, started: datetime, dry_run: bool, report: GcR
         with transaction(runtime.sessions) as session:
             _forget(session, [key for key in known if key not in unreferenced])
             new = sorted(unreferenced - known.keys())
-            for chunk in _chunks(new):
-                rows = [{"key": key, "first_seen_at": started} for key in chunk]
-                insert_ignoring_duplicates(session, BlobCandidate, rows)
+            rows = [{"key": key, "first_seen_at": started} for key in new]
+            insert_ignoring_duplicates(session, BlobCandidate, rows)
     due = sorted(unreferenced - waiting - _referenced_since(runtime, started))
     if not dry_run:
         for chunk in _chunks(due):

@@ -48,11 +48,7 @@ def try_acquire(session: Session, deployment: Deployment, capacity: int, now: da
         return None
     if deployment.slot_requested_at is None:
         deployment.slot_requested_at = now
-    ahead_of_it = (
-        select(func.count())
-        .select_from(Deployment)
-        .where(*_WAITING, Deployment.slot_requested_at < deployment.slot_requested_at)
-    )
+    ahead_of_it = _line().where(Deployment.slot_requested_at < deployment.slot_requested_at)
     # Neither count includes this deployment, whatever its row says: no need to flush it first
     # (the change is written once, with the rest of the step's, instead of twice).
     with session.no_autoflush:
@@ -69,7 +65,7 @@ def free_for_a_newcomer(capacity: ColumnElement[int]) -> ColumnElement[bool]:
     line (everyone waiting asked before it) leave one free. For a statement that runs under
     :func:`serialise`; the counts do not correlate with a ``deployments`` the statement selects."""
     held = _held().correlate(None).scalar_subquery()
-    line = select(func.count()).select_from(Deployment).where(*_WAITING).correlate(None).scalar_subquery()
+    line = _line().correlate(None).scalar_subquery()
     return held + line < capacity
 
 
@@ -111,6 +107,11 @@ def serialise(session: Session) -> None:
     """Take the lock that serialises slot grants, until the transaction ends."""
     if session.get_bind().dialect.name == "postgresql":
         session.execute(text("SELECT pg_advisory_xact_lock(:key)"), {"key": _ADVISORY_LOCK})
+
+
+def _line() -> Select[int]:
+    """How many deployments wait in the line for a slot."""
+    return select(func.count()).select_from(Deployment).where(*_WAITING)
 
 
 def _held() -> Select[int]:

@@ -132,9 +132,8 @@ def file_too_large(settings: Settings) -> PayloadTooLarge:
 
 def grant(session: Session, org_id: str, sizes: Mapping[str, int]) -> None:
     """Record that the organisation uploaded these contents (hash -> size). Idempotent."""
-    for chunk in _chunks(sorted(sizes)):
-        rows = [{"org_id": org_id, "sha256": sha, "size": sizes[sha]} for sha in chunk]
-        insert_ignoring_duplicates(session, OwnedBlob, rows)
+    rows = [{"org_id": org_id, "sha256": sha, "size": sizes[sha]} for sha in sorted(sizes)]
+    insert_ignoring_duplicates(session, OwnedBlob, rows)
 
 
 def resolve_files(

@@ -28,6 +28,7 @@ import requests
 from bench.common import RESULTS, Result, median, percentile, rounded
 from bench.cpu import CpuMeter
 from bench.profile import sampled, summarize
+from bench.redis_commands import CommandMeter
 from bench.stack import Stack, stack
 from bench.tenants import Tenant, make_tenant, post_deploy, post_many, wait_finished
 
@@ -167,11 +168,15 @@ def run(quick: bool, pool: str = "prefork", profile: bool = False) -> Result:
         postgres = {"postgres": "postgres"}
         our_cpu = CpuMeter({"worker": s.pid("worker"), "web": s.pid("web"), "redis": s.redis_pid}, postgres)
         bare_cpu = CpuMeter({"bare worker": s.pid("bare"), "redis": s.redis_pid}, postgres)
+        # What each side asks of Redis (bench/redis_commands.py); the bare side's wait for its chains
+        # (HLEN, HGETALL, DEL of the key their last tasks fill) is the benchmark's.
+        our_commands = CommandMeter(r)
+        bare_commands = CommandMeter(r, not_counted=frozenset({"hlen", "hgetall", "del"}))
         for _ in range(runs):
-            with bare_cpu.batch(n):
+            with bare_cpu.batch(n), bare_commands.batch(n):
                 rate, _lat = _bare_batch(bare, r, n)
             bare_rates.append(rate)
-            with our_cpu.batch(n):
+            with our_cpu.batch(n), our_commands.batch(n):
                 rate, lat = _our_batch(s, url, tenant, [next(projects) for _ in range(n)])
             our_rates.append(rate)
             load_latencies.extend(lat)
@@ -218,6 +223,8 @@ def run(quick: bool, pool: str = "prefork", profile: bool = False) -> Result:
             "runs_bare_chains_per_s": [round(x, 1) for x in bare_rates],
             "cpu_ms_per_deployment": our_cpu.ms_per_unit(),
             "cpu_ms_per_bare_chain": bare_cpu.ms_per_unit(),
+            "redis_commands_per_deployment": our_commands.per_unit(),
+            "redis_commands_per_bare_chain": bare_commands.per_unit(),
             "one_at_a_time": sequential,
             "post_to_completed_p50_ms": round(p50 * 1000, 1),
             "post_to_completed_p95_ms": round(percentile(our_lat, 95) * 1000, 1),

@@ -138,3 +138,34 @@ def test_the_cpu_split_counts_a_process_tree_and_a_command_name(tmp_path):
     assert used["by name"] >= 300
     assert used["tree"] >= used["by name"]
     assert used["nobody"] == 0
+
+
+def test_the_redis_commands_of_a_batch_are_counted_per_unit_without_the_meters_own():
+    """The pipeline's commands per unit on each side (bench/redis_commands.py). Redis counts every
+    client's commands, so the bounds are lower ones: another client may be busy at the same time."""
+    import uuid
+
+    import redis
+
+    from bench.redis_commands import CommandMeter
+    from tests.conftest import REDIS_URL
+
+    client = redis.Redis.from_url(REDIS_URL)
+    key = f"libra-test-meter-{uuid.uuid4().hex}"
+    meter = CommandMeter(client, not_counted=frozenset({"get"}))
+    try:
+        for _ in range(2):
+            with meter.batch(units=5):
+                for unit in range(5):
+                    client.set(key, unit)
+                    client.incrby(key, 1)
+                    client.get(key)
+    finally:
+        client.delete(key)
+
+    counted = meter.per_unit()
+    assert counted["by_command"]["set"] >= 1
+    assert counted["by_command"]["incrby"] >= 1
+    assert "get" not in counted["by_command"]
+    assert "info" not in counted["by_command"]
+    assert counted["total"] >= 2

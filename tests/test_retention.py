@@ -11,6 +11,7 @@ import uuid
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select
 
 from libra_deploy.adapters.local_store import LocalObjectStore
 from libra_deploy.adapters.local_target import LocalStaticTarget
@@ -184,10 +185,15 @@ def test_a_deployment_running_during_gc_completes(client, runtime, worker, tenan
     }
     running = deploy(client, tenant, files, replaceFiles=True)
     wait_for_step(client, tenant, running, "sync", "completed")
-    # No grace: the running deployment's blobs are kept because it references them, not because
-    # they are recent.
-    collector = _with(runtime, retention_keep=1, gc_blob_grace_s=0)
+    # The build stores its output before the transaction that records it, and only the grace
+    # covers that moment (retention.py): with none, a collection whose listing falls in between
+    # deletes the output and the deploy step fails. So the grace is on, as in production, and the
+    # running deployment's source files, which it and the project reference, must never even
+    # become candidates for deletion: they are kept by reference, not by being recent.
+    collector = _with(runtime, retention_keep=1, gc_blob_grace_s=60)
+    own_files = {_blob(content) for content in files.values()}
     reports = []
+    candidates: set[str] = set()
     stop = threading.Event()
 
     def collect_while_running() -> None:
@@ -196,6 +202,8 @@ def test_a_deployment_running_during_gc_completes(client, runtime, worker, tenan
             if stop.is_set():
                 return
             reports.append(collect_garbage(collector))
+            with runtime.sessions() as session:
+                candidates.update(session.scalars(select(BlobCandidate.key)))
             stop.wait(0.1)
 
     thread = threading.Thread(target=collect_while_running)
@@ -208,6 +216,7 @@ def test_a_deployment_running_during_gc_completes(client, runtime, worker, tenan
 
     assert status["status"] == "completed", status
     assert reports, "gc never ran while the deployment ran"
+    assert not own_files & candidates, "a running deployment's own files became candidates for deletion"
     expired = {d for report in reports for d in report.expired_deployments}
     assert set(old[:2]) <= expired
     assert client.get(f"/sites/{tenant.project_id}/").get_data(as_text=True) == "<h1>built during gc</h1>"

@@ -98,7 +98,7 @@ elif _embedded:
 else:
     broker_transport_options = {"visibility_timeout": _visibility_timeout}
 # Hard limit per task (prefork only; the threads pool ignores it, which is why steps enforce their
-# own deadlines in the subprocess or the provider call).
+# own deadlines in the subprocess or the provider call). Settings.step_time_limit_s is the same.
 task_time_limit = int(_timeout_s * 1.2) + 60
 broker_connection_retry_on_startup = True
 broker_connection_timeout = 5

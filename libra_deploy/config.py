@@ -324,6 +324,16 @@ class Settings:
                 "DEPLOYMENT_DLQ_NAME", "must differ from DEPLOYMENT_QUEUE_NAME", values["deployment_dlq"]
             )
         settings = cls(**values)
+        if settings.gc_blob_grace_s < settings.step_time_limit_s:
+            # A build stores its output before the transaction that records it, and only the grace
+            # keeps gc from deleting it in between (retention.py): it must outlast the longest step.
+            raise ConfigError(
+                "GC_BLOB_GRACE",
+                f"must be at least {settings.step_time_limit_s} s, the longest a step may run with"
+                f" MAX_DEPLOYMENT_TIMEOUT={settings.max_deployment_timeout_ms}: gc must not delete"
+                " a build's output before the build records it",
+                get("GC_BLOB_GRACE") or None,  # unset: the default
+            )
         # From now on no text the service shows (log, error, status, dead letter) carries them.
         register_secrets(settings.secret_values())
         settings.require_adapter("SANDBOX_BUILDER_DEFAULT_PROVIDER", settings.sandbox_provider)
@@ -354,6 +364,12 @@ class Settings:
     @property
     def deployment_timeout_s(self) -> float:
         return self.max_deployment_timeout_ms / 1000
+
+    @property
+    def step_time_limit_s(self) -> int:
+        """When Celery kills a step still running: past its share of the deployment's budget, which
+        the step enforces itself (celeryconfig.task_time_limit, which reads the same setting)."""
+        return int(self.deployment_timeout_s * 1.2) + 60
 
     @property
     def heartbeat_interval_s(self) -> float:

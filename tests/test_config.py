@@ -71,6 +71,7 @@ def test_public_url_follows_the_port():
         ({"DEPLOYMENT_DLQ_NAME": "deployment-queue"}, "DEPLOYMENT_DLQ_NAME"),
         ({"RETENTION_KEEP": "0"}, "RETENTION_KEEP"),
         ({"GC_BLOB_GRACE": "an hour"}, "GC_BLOB_GRACE"),
+        ({"GC_BLOB_GRACE": "0"}, "GC_BLOB_GRACE"),
     ],
 )
 def test_a_malformed_setting_names_itself(env, name):
@@ -79,6 +80,17 @@ def test_a_malformed_setting_names_itself(env, name):
     assert raised.value.setting == name
     assert str(raised.value).startswith(f"configuration error: {name} ")
     assert "\n" not in str(raised.value)
+
+
+def test_the_blob_grace_must_outlast_the_longest_step():
+    """A build's output is unreferenced from its upload until its record: gc waits at least that long."""
+    assert Settings.from_env({}).step_time_limit_s == 780  # 600 s x 1.2 + 60
+    with pytest.raises(ConfigError) as raised:
+        Settings.from_env({"MAX_DEPLOYMENT_TIMEOUT": str(2 * 3600 * 1000)})  # the default grace is 1 h
+    assert raised.value.setting == "GC_BLOB_GRACE"
+    assert "at least 8700 s" in str(raised.value)
+    longer = Settings.from_env({"MAX_DEPLOYMENT_TIMEOUT": str(2 * 3600 * 1000), "GC_BLOB_GRACE": "8700"})
+    assert longer.gc_blob_grace_s == 8700
 
 
 def test_a_password_in_a_bad_url_is_not_shown():
@@ -110,6 +122,7 @@ def test_celeryconfig_defaults_agree_with_the_settings(monkeypatch, tmp_path):
         assert fresh.task_reject_on_worker_lost
         assert fresh.worker_prefetch_multiplier == 1
         assert fresh.worker_concurrency == 5
+        assert fresh.task_time_limit == settings.step_time_limit_s
         assert fresh.accept_content == ["json"]
     finally:
         monkeypatch.undo()

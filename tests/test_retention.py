@@ -15,12 +15,16 @@ from sqlalchemy import select
 
 from libra_deploy.adapters.local_store import LocalObjectStore
 from libra_deploy.adapters.local_target import LocalStaticTarget
+from libra_deploy.auth import Principal
+from libra_deploy.db import transaction
+from libra_deploy.deployments import DeployRequest, start_deployment
 from libra_deploy.models import BlobCandidate
 from libra_deploy.retention import collect_garbage
 from libra_deploy.runtime import Runtime
 from libra_deploy.sources import blob_key, sha256_hex
 from libra_deploy.steps.cleanup import log_key
-from tests.helpers import deploy, deploy_completed, wait_for, wait_for_step
+from libra_deploy.steps.runner import Outcome, run_step
+from tests.helpers import deploy, deploy_completed, text_files, wait_for, wait_for_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -226,6 +230,36 @@ def test_a_deployment_running_during_gc_completes(client, runtime, worker, tenan
     assert client.get(f"/sites/{tenant.project_id}/built.txt").status_code == 200
     assert runtime.store.missing([_blob(run)]) == set()
     assert _status(client, tenant, old[2]).get("expiredAt")
+
+
+@pytest.mark.stack
+def test_a_collection_without_grace_keeps_what_a_running_deployment_has_recorded(runtime, tenant):
+    """Between its build and its deploy step, a deployment's output is referenced by it alone (not
+    by the project, which keeps the sources): a collection with no grace must leave it in place.
+    The steps run one by one in this process, so the collection falls exactly in between."""
+    run = uuid.uuid4().hex
+    built = f"<p>built {run}</p>"
+    script = "const fs = require('fs'); fs.mkdirSync('dist', { recursive: true });"
+    script += f" fs.writeFileSync('dist/index.html', {json.dumps(built)});"
+    files = {"package.json": json.dumps({"scripts": {"build": "node build.js"}}), "build.js": script}
+    principal = Principal(tenant.org_id, tenant.user_id, "tok_test")
+    request = DeployRequest(project_id=tenant.project_id, init_files=text_files(files), replace_files=True)
+    with transaction(runtime.sessions) as session:
+        deployment_id = start_deployment(session, runtime.settings, runtime.store, principal, request).id
+    for step in ("validate", "sync", "sandbox", "build"):
+        assert run_step(runtime, step, deployment_id, f"{step}-{run}").outcome is Outcome.RAN
+    assert runtime.store.missing([_blob(built)]) == set()
+
+    report = collect_garbage(_with(runtime, retention_keep=1, gc_blob_grace_s=0))
+
+    assert _blob(built) not in report.deleted_blobs
+    assert runtime.store.missing([_blob(built)]) == set()
+    for step in ("deploy", "cleanup"):
+        assert run_step(runtime, step, deployment_id, f"{step}-{run}").outcome is Outcome.RAN
+    served = runtime.target.open(tenant.project_id, deployment_id, "index.html")
+    assert served is not None
+    with served.open() as content:
+        assert content.read() == built.encode()
 
 
 @pytest.mark.slow

@@ -168,13 +168,18 @@ def custom_app(settings: Any, **overrides: Any) -> Iterator[Any]:
         runtime.close()
 
 
-def queued_deployment(runtime: Runtime, tenant: Tenant, project_id: str | None = None) -> str:
+def queued_deployment(
+    runtime: Runtime, tenant: Tenant, project_id: str | None = None, files: dict[str, str] | None = None
+) -> str:
     """Record a deployment as POST /deploy does, without publishing it: it stays queued, so it
-    holds a quota reservation and counts as active for as long as a test needs."""
+    holds a quota reservation and counts as active for as long as a test needs (or until the test
+    runs its steps itself)."""
     from libra_deploy.deployments import DeployRequest, start_deployment
 
     principal = Principal(tenant.org_id, tenant.user_id, "tok_test")
-    request = DeployRequest(project_id=project_id or tenant.project_id, init_files=text_files({"a.txt": "a"}))
+    request = DeployRequest(
+        project_id=project_id or tenant.project_id, init_files=text_files(files or {"a.txt": "a"})
+    )
     with transaction(runtime.sessions) as session:
         return start_deployment(session, runtime.settings, runtime.store, principal, request).id
 

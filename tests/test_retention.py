@@ -15,16 +15,13 @@ from sqlalchemy import select
 
 from libra_deploy.adapters.local_store import LocalObjectStore
 from libra_deploy.adapters.local_target import LocalStaticTarget
-from libra_deploy.auth import Principal
-from libra_deploy.db import transaction
-from libra_deploy.deployments import DeployRequest, start_deployment
 from libra_deploy.models import BlobCandidate
 from libra_deploy.retention import collect_garbage
 from libra_deploy.runtime import Runtime
 from libra_deploy.sources import blob_key, sha256_hex
 from libra_deploy.steps.cleanup import log_key
 from libra_deploy.steps.runner import Outcome, run_step
-from tests.helpers import deploy, deploy_completed, text_files, wait_for, wait_for_step
+from tests.helpers import deploy, deploy_completed, queued_deployment, wait_for, wait_for_step
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -242,10 +239,7 @@ def test_a_collection_without_grace_keeps_what_a_running_deployment_has_recorded
     script = "const fs = require('fs'); fs.mkdirSync('dist', { recursive: true });"
     script += f" fs.writeFileSync('dist/index.html', {json.dumps(built)});"
     files = {"package.json": json.dumps({"scripts": {"build": "node build.js"}}), "build.js": script}
-    principal = Principal(tenant.org_id, tenant.user_id, "tok_test")
-    request = DeployRequest(project_id=tenant.project_id, init_files=text_files(files), replace_files=True)
-    with transaction(runtime.sessions) as session:
-        deployment_id = start_deployment(session, runtime.settings, runtime.store, principal, request).id
+    deployment_id = queued_deployment(runtime, tenant, files=files)
     for step in ("validate", "sync", "sandbox", "build"):
         assert run_step(runtime, step, deployment_id, f"{step}-{run}").outcome is Outcome.RAN
     assert runtime.store.missing([_blob(built)]) == set()

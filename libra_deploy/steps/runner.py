@@ -300,15 +300,23 @@ def _begin_at_once(
         return None
     now = utcnow()
     settings = runtime.settings
-    args = (step, deployment_id, task_id, now, settings.deployment_timeout_s, f"{TITLES[step]}...")
+    args = (
+        step,
+        deployment_id,
+        task_id,
+        now,
+        settings.deployment_timeout_s,
+        f"{TITLES[step]}...",
+        settings.max_concurrent_deployments,
+    )
     if step == transitions.ASKS_FOR_SLOT:
         # Its count of the held slots must see every grant before it: after the lock, in a transaction.
         with transaction(runtime.sessions) as session:
             slots.serialise(session)
-            loaded = transitions.begin(session, *args, settings.max_concurrent_deployments)
+            loaded = transitions.begin(session, *args)
     else:
         with runtime.read_sessions() as session:
-            loaded = transitions.begin(session, *args, settings.max_concurrent_deployments)
+            loaded = transitions.begin(session, *args)
     if loaded is None:
         return None
     deployment, project = loaded

@@ -8,7 +8,7 @@ PostgreSQL (psycopg 3) is the production database. SQLite is the embedded defaul
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from functools import cache
@@ -127,6 +127,16 @@ def transaction(sessions: sessionmaker[Session]) -> Iterator[Session]:
     """One unit of work: commit when the block ends normally, roll back when it raises."""
     with sessions() as session, session.begin():
         yield session
+
+
+#: Values per IN list: well under the bound-parameter limits of SQLite and PostgreSQL.
+IN_LIST_LIMIT = 1000
+
+
+def in_batches(values: Sequence[str]) -> Iterator[Sequence[str]]:
+    """``values`` in slices short enough for one IN list each."""
+    for start in range(0, len(values), IN_LIST_LIMIT):
+        yield values[start : start + IN_LIST_LIMIT]
 
 
 def insert_ignoring_duplicates(session: Session, model: type[Base], rows: list[dict[str, Any]]) -> None:

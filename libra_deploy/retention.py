@@ -18,7 +18,7 @@ GC_BLOB_GRACE seconds (and is still unreferenced by anything created meanwhile).
 
 from __future__ import annotations
 
-from collections.abc import Collection, Iterable, Iterator, Mapping
+from collections.abc import Collection, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 from typing import Any
@@ -27,7 +27,7 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from libra_deploy import idempotency
-from libra_deploy.db import insert_ignoring_duplicates, transaction, utcnow
+from libra_deploy.db import in_batches, insert_ignoring_duplicates, transaction, utcnow
 from libra_deploy.errors import LibraError
 from libra_deploy.models import ACTIVE_STATUSES, BlobCandidate, Deployment, OwnedBlob, Project
 from libra_deploy.runtime import Runtime
@@ -35,8 +35,6 @@ from libra_deploy.sources import blob_key
 from libra_deploy.steps.cleanup import log_key
 
 BLOB_PREFIX = blob_key("")
-#: Rows per statement when recording or forgetting candidates.
-_CHUNK = 1000
 
 
 @dataclass
@@ -177,7 +175,7 @@ def _sweep_blobs(runtime: Runtime, started: datetime, dry_run: bool, report: GcR
             insert_ignoring_duplicates(session, BlobCandidate, rows)
     due = sorted(unreferenced - waiting - _referenced_since(runtime, started))
     if not dry_run:
-        for chunk in _chunks(due):
+        for chunk in in_batches(due):
             # Ownership goes first: a crash in between leaves an unowned blob for the next run, never
             # an owned hash whose contents are gone.
             with transaction(runtime.sessions) as session:
@@ -190,11 +188,6 @@ def _sweep_blobs(runtime: Runtime, started: datetime, dry_run: bool, report: GcR
     report.pending_blobs = len(waiting)
 
 
-def _chunks(keys: list[str]) -> Iterator[list[str]]:
-    for start in range(0, len(keys), _CHUNK):
-        yield keys[start : start + _CHUNK]
-
-
-def _forget(session: Session, keys: list[str]) -> None:
-    for chunk in _chunks(keys):
+def _forget(session: Session, keys: Sequence[str]) -> None:
+    for chunk in in_batches(keys):
         session.execute(delete(BlobCandidate).where(BlobCandidate.key.in_(chunk)))

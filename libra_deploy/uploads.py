@@ -17,7 +17,7 @@ deploy then answers 400 MISSING_FILES naming it, and the client uploads it again
 from __future__ import annotations
 
 import re
-from collections.abc import Collection, Iterator, Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +26,7 @@ from sqlalchemy.orm import Session
 
 from libra_deploy import accounts
 from libra_deploy.config import Settings
-from libra_deploy.db import insert_ignoring_duplicates
+from libra_deploy.db import in_batches, insert_ignoring_duplicates
 from libra_deploy.errors import InvalidInput, PayloadTooLarge
 from libra_deploy.models import OwnedBlob
 from libra_deploy.ports import ObjectStore
@@ -34,8 +34,6 @@ from libra_deploy.sources import blob_key, normalize_path, sha256_hex
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 _SHA256 = re.compile(SHA256_PATTERN)
-#: Hashes per SQL statement: well under the bound-parameter limits of SQLite and PostgreSQL.
-_CHUNK = 1000
 
 
 @dataclass(frozen=True)
@@ -47,14 +45,9 @@ class HashedFile:
     size: int
 
 
-def _chunks(values: Sequence[str]) -> Iterator[Sequence[str]]:
-    for start in range(0, len(values), _CHUNK):
-        yield values[start : start + _CHUNK]
-
-
 def _owned_sizes(session: Session, org_id: str, hashes: Collection[str]) -> dict[str, int]:
     sizes: dict[str, int] = {}
-    for chunk in _chunks(sorted(hashes)):
+    for chunk in in_batches(sorted(hashes)):
         rows = session.execute(
             select(OwnedBlob.sha256, OwnedBlob.size).where(
                 OwnedBlob.org_id == org_id, OwnedBlob.sha256.in_(chunk)

@@ -10,6 +10,8 @@ import uuid
 import pytest
 from sqlalchemy import select
 
+from libra_deploy import uploads
+from libra_deploy.db import IN_LIST_LIMIT, transaction
 from libra_deploy.models import DeploymentLog
 from libra_deploy.runtime import Runtime
 from libra_deploy.sources import blob_key
@@ -116,6 +118,23 @@ def test_check_answers_the_missing_hashes_in_order_once_each(client, tenant):
     response = cli.check([sha(unknown), sha(known), sha(unknown)])
 
     assert response.get_json() == {"missing": [sha(unknown)]}
+
+
+def test_a_check_longer_than_one_in_list_answers_across_every_batch(client, runtime, tenant):
+    # Ownership is looked up IN_LIST_LIMIT hashes per statement: owned hashes in every batch,
+    # the first and the last ones included, must be left out of the answer.
+    contents = [f"file {i} {uuid.uuid4()}".encode() for i in range(2 * IN_LIST_LIMIT + 1)]
+    owned = {sha(data): len(data) for i, data in enumerate(contents) if i % 3 != 1}
+    for data in contents:
+        if sha(data) in owned:
+            runtime.store.put(blob_key(sha(data)), data)
+    with transaction(runtime.sessions) as session:
+        uploads.grant(session, tenant.org_id, owned)
+
+    response = FolderClient(client, tenant).check([sha(data) for data in contents])
+
+    assert response.status_code == 200, response.get_json()
+    assert response.get_json()["missing"] == [sha(data) for data in contents if sha(data) not in owned]
 
 
 def test_files_uploaded_inline_count_as_uploaded(client, worker, tenant):

@@ -156,7 +156,9 @@ class DeployTarget(Protocol):
 
         Files that other deployments of the project still use stay. Removing a deployment that
         was never published, or was removed already, is not an error. The caller (retention)
-        never removes the live deployment.
+        never removes the live deployment, and removes one project's deployments one at a time,
+        under the project's row lock (SQLite: the write lock of BEGIN IMMEDIATE), so a target may
+        rely on no two removals of one project running at once.
         """
         ...
 

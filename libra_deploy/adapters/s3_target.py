@@ -553,7 +553,10 @@ class S3Target:
         files: a deployment only shares the files of the LIVE deployment's owner, and the pipeline
         never publishes while the live deployment could be removed (gc never removes the live
         deployment, and rollback and promote are refused while a deployment is active), so the live
-        deployment (the owner itself, or a sharer with its record) keeps them all that time.
+        deployment (the owner itself, or a sharer with its record) keeps them all that time. Nor
+        does it race another removal: two of one project (an owner and its last sharer, each
+        seeing the other) would both keep the files, but the caller removes one project's
+        deployments one at a time (see DeployTarget.remove).
         """
         self.check_bucket()
         published = self._published(project_id, deployment_id)

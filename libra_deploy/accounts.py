@@ -92,13 +92,14 @@ def create_project(
     return project
 
 
-def get_project(session: Session, org_id: str, project_id: str, *, with_manifest: bool = True) -> Project:
+def get_project(session: Session, org_id: str, project_id: str) -> Project:
     """The project, if it belongs to the organisation. Another organisation's project is 404.
 
-    ``with_manifest=False`` leaves its source manifest unread (a big site's is megabytes of JSON;
-    reading it then raises), for callers that never look at it.
+    Its source manifest is left unread (a big site's is megabytes of JSON, and its file count is a
+    column of its own): reading it from the project returned raises. Only the sync step reads it,
+    through the step's own snapshot.
     """
-    options = () if with_manifest else (defer(Project.source_manifest, raiseload=True),)
+    options = (defer(Project.source_manifest, raiseload=True),)
     project = session.get(Project, project_id, options=options) if is_plausible_id(project_id) else None
     if project is None or project.org_id != org_id:
         raise NotFound(

@@ -111,7 +111,7 @@ def start_deployment(
     if rate_limit is not None:
         rate_limit()
 
-    project = accounts.get_project(session, principal.org_id, request.project_id, with_manifest=False)
+    project = accounts.get_project(session, principal.org_id, request.project_id)
     if not project.is_active:
         raise InvalidInput(f"project {project.id} is not active", code="PROJECT_INACTIVE")
     if domain is not None:

@@ -148,6 +148,9 @@ class Project(Base):
     production_deployment_id: Mapped[str | None] = mapped_column(String(40))
     #: The project's stored files: {path: {"sha256": hex, "size": bytes}}; blobs live in the object store.
     source_manifest: Mapped[dict[str, Any]] = mapped_column(JSON, default=dict)
+    #: The number of paths in ``source_manifest``, kept beside it so that showing a project never
+    #: parses the manifest. Both are written together, by the sync step alone.
+    source_file_count: Mapped[int] = mapped_column(Integer, default=0, server_default="0")
     #: Serve index.html (200) for a missing extension-less path when the site has no 404.html.
     spa_fallback: Mapped[bool] = mapped_column(Boolean, default=True, server_default=true())
     # Build settings (PATCH /projects/<id>); NULL means what the framework detection decides.

@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from alembic import context
-from sqlalchemy import pool
+from sqlalchemy import Connection, pool
 
 import libra_deploy.models  # noqa: F401 - registers every table on the metadata
 from libra_deploy.config import Settings
@@ -44,18 +44,35 @@ def run_offline() -> None:
 
 
 def run_online() -> None:
-    connection = config.attributes.get("connection")
-    if connection is not None:
-        _configure(connection=connection)
-        with context.begin_transaction():
-            context.run_migrations()
-        return
     engine = make_engine(_url(), poolclass=pool.NullPool)
     with engine.connect() as connection:
-        _configure(connection=connection)
+        sqlite = connection.dialect.name == "sqlite"
+        if sqlite:
+            # Batch mode rebuilds a table by copying it and dropping the original. With foreign keys
+            # enforced, that DROP first deletes every row that references the table (ON DELETE
+            # CASCADE): rebuilding projects would take every deployment with it. SQLite changes
+            # the setting only outside a transaction, hence on the driver's connection, before
+            # SQLAlchemy begins one; the references are checked below instead, before the commit.
+            connection.connection.driver_connection.execute("PRAGMA foreign_keys=OFF")
+        # SQLite's DDL is transactional; Alembic assumes it is not unless told, and would commit a
+        # run whose check below failed.
+        _configure(connection=connection, transactional_ddl=True)
         with context.begin_transaction():
             context.run_migrations()
+            if sqlite:
+                _check_references(connection)
     engine.dispose()
+
+
+def _check_references(connection: Connection) -> None:
+    """Refuse, rolling back every revision of this run, when a row references one that is missing."""
+    broken = connection.exec_driver_sql("PRAGMA foreign_key_check").fetchall()
+    if broken:
+        table, rowid, parent, _ = broken[0]
+        raise RuntimeError(
+            f"{len(broken)} rows would reference missing rows after the migration (first: {table} "
+            f"row {rowid} -> {parent}); nothing was migrated"
+        )
 
 
 if context.is_offline_mode():

@@ -250,7 +250,7 @@ class ProjectSchema(ma.Schema):
     )
     productionDeployUrl = fields.String(attribute="production_deploy_url", allow_none=True)
     productionDeploymentId = fields.String(attribute="production_deployment_id", allow_none=True)
-    fileCount = fields.Function(lambda p: len(p.source_manifest or {}))
+    fileCount = fields.Integer(attribute="source_file_count")
     spaFallback = fields.Boolean(attribute="spa_fallback", metadata=SPA_FALLBACK)
     installCommand = fields.String(attribute="install_command", allow_none=True, metadata=INSTALL_COMMAND)
     buildCommand = fields.String(attribute="build_command", allow_none=True, metadata=BUILD_COMMAND)

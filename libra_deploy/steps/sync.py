@@ -63,3 +63,4 @@ def _template_manifest(ctx: StepContext, template: str) -> Manifest:
 def record(session: Session, deployment: Deployment, project: Project, manifest: Manifest) -> None:
     deployment.source_manifest = manifest
     project.source_manifest = manifest
+    project.source_file_count = len(manifest)

@@ -206,6 +206,9 @@ def redact_record(record: logging.LogRecord) -> logging.LogRecord:
         record.exc_text = "".join(traceback.format_exception(*record.exc_info)).rstrip("\n")
     if record.exc_text:
         record.exc_text = redact_text(record.exc_text)
+    # A formatter given the exception itself formats it again, unredacted (python-json-logger
+    # does, whatever exc_text holds); without it, every formatter prints the redacted exc_text.
+    record.exc_info = None
     if record.stack_info:
         record.stack_info = redact_text(record.stack_info)
     return record

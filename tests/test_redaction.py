@@ -11,6 +11,7 @@ import pytest
 
 from libra_deploy.config import Settings
 from libra_deploy.errors import StepError
+from libra_deploy.logging_config import configure_logging
 from libra_deploy.redact import (
     RedactingFilter,
     install_log_redaction,
@@ -157,6 +158,27 @@ def test_log_records_are_redacted_messages_arguments_and_tracebacks():
     assert "p4ssw0rd" not in output
     assert "token is *** and url https://u:***@host/x" in output
     assert "RuntimeError: failed with Authorization: Bearer ***" in output
+
+
+def test_the_services_json_log_lines_carry_redacted_tracebacks(tmp_path):
+    secret = f"Js0nTrace-{uuid.uuid4().hex}"
+    install_log_redaction([secret])
+    stream = io.StringIO()
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    configure_logging(Settings.from_env({"LIBRA_DATA_DIR": str(tmp_path)}), stream)
+    try:
+        try:
+            raise RuntimeError(f"upstream refused https://user:{secret}@s3.example/x")
+        except RuntimeError:
+            logging.getLogger("web.errors").exception("unhandled error: key=%s", secret)
+    finally:
+        root.handlers[:] = handlers
+        root.setLevel(level)
+    line = json.loads(stream.getvalue().splitlines()[-1])
+    assert secret not in json.dumps(line)
+    assert line["message"] == "unhandled error: key=***"
+    assert "RuntimeError: upstream refused https://user:***@s3.example/x" in line["exc_info"]
 
 
 def test_the_filter_can_sit_on_a_handler_too():

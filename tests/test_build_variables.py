@@ -303,6 +303,21 @@ def test_a_variable_reaches_the_install_and_the_build_but_no_log_and_no_answer(
 
 
 @pytest.mark.slow
+def test_a_node_version_variable_is_masked_in_the_steps_own_lines(client, runtime, worker, tenant):
+    # The build step names the NODE_VERSION it was given when it compares it with the sandbox's Node.js.
+    secret = _secret()
+    assert _put(client, tenant, tenant.project_id, "NODE_VERSION", secret).status_code == 200
+    site = {**SHOWS_SECRET, "install.txt": "none"}
+
+    status = wait_for(client, tenant, deploy(client, tenant, site), timeout=120)
+
+    assert status["status"] == "completed", status
+    assert any(line.startswith("NODE_VERSION=*** is passed to the build") for line in status["logs"])
+    assert secret not in json.dumps(status)
+    assert secret not in _stored_logs(runtime, status["deploymentId"])
+
+
+@pytest.mark.slow
 def test_the_mask_is_the_deployments_own(client, runtime, worker, tenant):
     # Another organisation printing the same text sees it: masking tells nobody what others keep secret.
     other = make_tenant(runtime)

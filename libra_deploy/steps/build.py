@@ -100,6 +100,11 @@ class _Build:
         self.mask = mask
         self.log: list[str] = []
 
+    def say(self, message: str, level: str = "info") -> None:
+        """Log a line of the step's own, masked as the build's output is: the step's lines quote
+        values a variable may hold too (a NODE_VERSION hint, a provider's error)."""
+        self.ctx.log(self.mask(message), level)
+
     def path(self, relative: str) -> str:
         """A path of the root directory, as a path of the sandbox's project directory."""
         return f"{self.root}/{relative}" if self.root else relative
@@ -204,13 +209,13 @@ def execute(ctx: StepContext) -> BuildResult:
     provider, ref = sandbox.ensure(ctx)
     build = _Build(ctx, provider, ref.sandbox_id, plan, root=root, variables=variables.values, mask=mask)
     pm = plan.package_manager
-    ctx.log(f"Framework: {plan.title}" + (f"; package manager: {pm.name}" if pm else ""))
+    build.say(f"Framework: {plan.title}" + (f"; package manager: {pm.name}" if pm else ""))
     if variables.versions:
         names = ", ".join(f"{name} (v{version})" for name, version in variables.versions.items())
-        ctx.log(f"Build variables: {names}")
+        build.say(f"Build variables: {names}")
     try:
         node = _node_version(build, required=pm is not None)
-        _check_node_hint(ctx, build, node, variables.values.get("NODE_VERSION"))
+        _check_node_hint(build, node, variables.values.get("NODE_VERSION"))
         install = plan.install_command
         if install is not None:
             _install(ctx, build, tree, node, install)
@@ -236,11 +241,11 @@ def _node_version(build: _Build, *, required: bool) -> str:
                 "Node.js is not available in the sandbox (`node --version` failed)", code="NO_NODE"
             )
         return ""
-    build.ctx.log(f"Node.js {version}")
+    build.say(f"Node.js {version}")
     return version
 
 
-def _check_node_hint(ctx: StepContext, build: _Build, node: str, variable: str | None) -> None:
+def _check_node_hint(build: _Build, node: str, variable: str | None) -> None:
     """Say whether the sandbox's Node.js is the one the project asks for; it cannot be switched here."""
     hint = build.plan.env.get("NODE_VERSION") or variable
     if not hint:
@@ -248,9 +253,9 @@ def _check_node_hint(ctx: StepContext, build: _Build, node: str, variable: str |
     wanted = hint.removeprefix("v").split(".")[0]
     have = node.removeprefix("v").split(".")[0]
     if wanted == have:
-        ctx.log(f"NODE_VERSION={hint}: the sandbox's Node.js {node} matches")
+        build.say(f"NODE_VERSION={hint}: the sandbox's Node.js {node} matches")
     else:
-        ctx.log(
+        build.say(
             f"NODE_VERSION={hint} is passed to the build, but the {build.provider.name} sandbox runs Node.js "
             f"{node or '(none)'}: its image decides, not the hint",
             "warning",
@@ -284,15 +289,15 @@ def _install(ctx: StepContext, build: _Build, source: Manifest, node: str, comma
             build.run(("rm", "-rf", CACHE_DIR), quiet=True, timeout_s=SHORT_COMMAND_S)
             if code == 0:
                 size = len(archive) // 1024
-                ctx.log(f"Dependencies restored from the cache ({size} KiB, {pm.lockfile} unchanged)")
+                build.say(f"Dependencies restored from the cache ({size} KiB, {pm.lockfile} unchanged)")
                 return
-            ctx.log("The dependency cache could not be unpacked; installing", "warning")
+            build.say("The dependency cache could not be unpacked; installing", "warning")
         else:
-            ctx.log(f"No dependency cache for this {pm.lockfile} yet")
+            build.say(f"No dependency cache for this {pm.lockfile} yet")
     started = time.monotonic()
     # Installing is the only command that may reach the network (where the sandbox can cut it off).
     build.must(command, "Installing dependencies", network=True)
-    ctx.log(f"Dependencies installed in {time.monotonic() - started:.1f} s")
+    build.say(f"Dependencies installed in {time.monotonic() - started:.1f} s")
     if key is not None:
         _save_cache(ctx, build, key)
 
@@ -316,9 +321,9 @@ def _save_cache(ctx: StepContext, build: _Build, key: str) -> None:
         if archive is None or len(archive) > MAX_CACHE_BYTES:
             return
         ctx.runtime.store.put(key, archive, content_type="application/gzip")
-        ctx.log(f"Dependencies cached ({len(archive) // 1024} KiB)")
+        build.say(f"Dependencies cached ({len(archive) // 1024} KiB)")
     except LibraError as exc:
-        ctx.log(f"Could not cache the dependencies: {exc.message}", "warning")
+        build.say(f"Could not cache the dependencies: {exc.message}", "warning")
 
 
 def _collect_output(ctx: StepContext, build: _Build) -> tuple[Manifest, str]:
@@ -343,7 +348,7 @@ def _collect_output(ctx: StepContext, build: _Build) -> tuple[Manifest, str]:
             stored += _store_blobs(store, pending)
         if manifest:
             size = sum(e["size"] for e in manifest.values())
-            ctx.log(f"Build output: {directory}/ with {len(manifest)} files, {size} bytes ({stored} new)")
+            build.say(f"Build output: {directory}/ with {len(manifest)} files, {size} bytes ({stored} new)")
             artifact = artifact_key(ctx.deployment.id)
             store.put(artifact, packed.getvalue(), content_type="application/gzip")
             return dict(sorted(manifest.items())), artifact
@@ -371,7 +376,7 @@ def _store_log(ctx: StepContext, build: _Build) -> None:
             build_log_key(ctx.deployment.id), text.encode(), content_type="text/plain; charset=utf-8"
         )
     except LibraError as exc:
-        ctx.log(f"Could not store the build log: {exc.message}", "warning")
+        build.say(f"Could not store the build log: {exc.message}", "warning")
 
 
 def record(session: Session, deployment: Deployment, project: Project, result: BuildResult) -> None:

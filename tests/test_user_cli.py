@@ -9,9 +9,8 @@ import subprocess
 import pytest
 import requests
 
+from libra_deploy.cli.user import collect
 from tests.test_cli import CLI, _free_port, _start_up, _stop, run
-
-pytestmark = pytest.mark.slow
 
 
 @pytest.fixture
@@ -34,6 +33,31 @@ def _user(env: dict[str, str], base: str, token: str, *args: str) -> subprocess.
     )
 
 
+def test_links_inside_the_folder_are_their_files_and_links_leading_out_are_left_out(tmp_path):
+    secret = tmp_path / "outside" / "credentials"
+    secret.parent.mkdir()
+    secret.write_text("TOKEN=never-published")
+    site = tmp_path / "site"
+    (site / "assets").mkdir(parents=True)
+    (site / "assets" / "logo.svg").write_text("<svg/>")
+    (site / "index.html").write_text("<h1>hi</h1>")
+    (site / "logo.svg").symlink_to("assets/logo.svg")
+    (site / "env.txt").symlink_to("/proc/self/environ")
+    (site / "assets" / "creds").symlink_to(secret)
+    (site / "up").symlink_to("../outside/credentials")
+    (site / "linked-dir").symlink_to(secret.parent)
+
+    files, outside = collect(site.resolve())
+
+    assert [path.relative_to(site).as_posix() for path in files] == [
+        "index.html",
+        "logo.svg",
+        "assets/logo.svg",
+    ]
+    assert sorted(outside) == ["assets/creds", "env.txt", "up"]
+
+
+@pytest.mark.slow
 def test_deploy_a_folder_follow_it_and_roll_back(up_env, tmp_path):
     site = tmp_path / "site"
     (site / "assets").mkdir(parents=True)

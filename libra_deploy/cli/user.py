@@ -109,9 +109,17 @@ def _ignored(path: Path, is_dir: bool, specs: list[tuple[Path, Any]]) -> bool:
     return False
 
 
-def collect(root: Path) -> list[Path]:
-    """The folder's files as git would see them: without .git and what .gitignore files exclude."""
+def collect(root: Path) -> tuple[list[Path], list[str]]:
+    """The folder's files as git would see them: without .git and what .gitignore files exclude.
+
+    A symbolic link to a file inside the folder is deployed as that file's contents; one that
+    leads outside it (``env -> /proc/self/environ``, a home directory's key) is left out and
+    named in the second list (relative paths), since deploying it would publish whatever it
+    reaches on the machine that runs the CLI. ``root`` is a resolved path. Linked directories are
+    not entered (os.walk's default).
+    """
     found: list[Path] = []
+    outside: list[str] = []
     specs_by_dir: dict[Path, list[tuple[Path, Any]]] = {}
     for current, dirs, files in os.walk(root):
         here = Path(current)
@@ -121,9 +129,13 @@ def collect(root: Path) -> list[Path]:
         dirs[:] = sorted(d for d in dirs if d != ".git" and not _ignored(here / d, True, specs))
         for name in sorted(files):
             path = here / name
-            if path.is_file() and not _ignored(path, False, specs):
+            if _ignored(path, False, specs):
+                continue
+            if path.is_symlink() and not path.resolve().is_relative_to(root):
+                outside.append(path.relative_to(root).as_posix())
+            elif path.is_file():
                 found.append(path)
-    return found
+    return found, outside
 
 
 def hash_files(root: Path, paths: list[Path], limits: dict[str, int]) -> list[LocalFile]:
@@ -286,7 +298,13 @@ def deploy(directory: Path, project_id: str, domain: str | None, url: str, token
     api = Api(url, token)
     root = directory.resolve()
     limits = api.json("GET", "/").get("limits", {})
-    files = hash_files(root, collect(root), limits)
+    paths, outside = collect(root)
+    if outside:
+        stderr.print(
+            f"[yellow]left out {len(outside)} symbolic links that lead outside {directory}: "
+            f"{escape(', '.join(outside[:5]))}{' ...' if len(outside) > 5 else ''}[/]"
+        )
+    files = hash_files(root, paths, limits)
     sent = upload_missing(api, project_id, files)
     stderr.print(
         f"{len(files)} files, {sum(f.size for f in files)} bytes; uploaded {sent}, the rest were there"

@@ -509,7 +509,9 @@ def status_body(
         body["targetUrl"] = deployment.target_url
     if deployment.build_variables is not None:
         body["buildVariables"] = deployment.build_variables
-    if isinstance(store, PresignedDownloads) and deployment.finished_at is not None:
+    # An expired deployment's log and artifact left the store with it (retention).
+    downloadable = deployment.finished_at is not None and deployment.expired_at is None
+    if isinstance(store, PresignedDownloads) and downloadable:
         cleanup = next((s for s in deployment.steps if s.step == "cleanup"), None)
         if cleanup is not None and cleanup.status == StepStatus.COMPLETED:
             body["logUrl"] = store.presigned_url(log_key(deployment.id), expires_s=DOWNLOAD_URL_TTL_S)

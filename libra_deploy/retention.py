@@ -2,8 +2,9 @@
 
 Per project, the newest RETENTION_KEEP deployments (of any status) are kept, and so is every
 deployment that is live (by the database's pointer or the target's), pinned, or queued or running.
-The others expire: the target stops serving them (``DeployTarget.remove``), their full log leaves the
-object store, and their row stays as the record, with ``expired_at`` set. A project is handled under
+The others expire: the target stops serving them (``DeployTarget.remove``), their full log, build
+log and build artifact leave the object store, and their row stays as the record, with
+``expired_at`` set. A project is handled under
 its row lock, which promote, rollback and pin take too, so a deployment is never made live or pinned
 while it is being removed.
 
@@ -32,6 +33,7 @@ from libra_deploy.errors import LibraError
 from libra_deploy.models import ACTIVE_STATUSES, BlobCandidate, Deployment, OwnedBlob, Project
 from libra_deploy.runtime import Runtime
 from libra_deploy.sources import blob_key
+from libra_deploy.steps.build import artifact_key, build_log_key
 from libra_deploy.steps.cleanup import log_key
 
 BLOB_PREFIX = blob_key("")
@@ -111,7 +113,9 @@ def _expire(runtime: Runtime, project_id: str, dry_run: bool) -> list[str]:
         now = utcnow()
         for deployment in doomed:
             runtime.target.remove(project_id, deployment.id)
-            runtime.store.delete(log_key(deployment.id))
+            for key in (log_key(deployment.id), build_log_key(deployment.id), artifact_key(deployment.id)):
+                runtime.store.delete(key)
+            deployment.artifact_key = None
             deployment.expired_at = now
         return [d.id for d in doomed]
 

@@ -15,10 +15,11 @@ from sqlalchemy import select
 
 from libra_deploy.adapters.local_store import LocalObjectStore
 from libra_deploy.adapters.local_target import LocalStaticTarget
-from libra_deploy.models import BlobCandidate
+from libra_deploy.models import BlobCandidate, Deployment
 from libra_deploy.retention import collect_garbage
 from libra_deploy.runtime import Runtime
 from libra_deploy.sources import blob_key, sha256_hex
+from libra_deploy.steps.build import artifact_key, build_log_key
 from libra_deploy.steps.cleanup import log_key
 from libra_deploy.steps.runner import Outcome, run_step
 from tests.helpers import deploy, deploy_completed, queued_deployment, wait_for, wait_for_step
@@ -142,6 +143,25 @@ def test_gc_keeps_the_live_the_pinned_and_the_last_n_and_deletes_the_rest(
     client.delete(f"/deployments/{first}/pin", headers=tenant.headers)
     assert [d for d in collect_garbage(keep_two).expired_deployments if d in ids] == [first]
     assert client.get(f"{site}@{second}/").status_code == 200
+
+
+def test_an_expired_deployment_leaves_no_log_build_log_or_artifact(client, runtime, worker, tenant):
+    built = {
+        "package.json": json.dumps({"scripts": {"build": "node build.js"}}),
+        "build.js": "const fs = require('fs');"
+        "fs.mkdirSync('dist'); fs.writeFileSync('dist/index.html', 'built');",
+    }
+    old = deploy_completed(client, tenant, built)
+    stored = [log_key(old), build_log_key(old), artifact_key(old)]
+    assert runtime.store.missing(stored) == set()
+    deploy_completed(client, tenant, {"index.html": "newer"}, replaceFiles=True)
+
+    report = collect_garbage(_with(runtime, retention_keep=1))
+
+    assert old in report.expired_deployments
+    assert runtime.store.missing(stored) == set(stored)
+    with runtime.sessions() as session:
+        assert session.get(Deployment, old).artifact_key is None
 
 
 def test_an_unreferenced_blob_waits_for_its_grace_period(client, runtime, worker, tenant):

@@ -86,6 +86,10 @@ def make_engine(url: str, **kwargs: Any) -> Engine:
     return create_engine(url, **kwargs)
 
 
+#: The execution option of a connection that ``scan`` reads through.
+_READ_ONLY = "libra_read_only"
+
+
 def _configure_sqlite(engine: Engine) -> None:
     @event.listens_for(engine, "connect")
     def on_connect(dbapi_connection: Any, _record: Any) -> None:
@@ -101,7 +105,11 @@ def _configure_sqlite(engine: Engine) -> None:
 
     @event.listens_for(engine, "begin")
     def on_begin(connection: Any) -> None:
-        connection.exec_driver_sql("BEGIN IMMEDIATE")
+        # IMMEDIATE takes the database's one write lock at once, so that a transaction that reads and
+        # then writes waits for it here (busy_timeout) instead of failing at its first write. Scans
+        # that only read (see ``scan``) begin deferred: in WAL mode a reader never blocks the writer.
+        deferred = connection.get_execution_options().get(_READ_ONLY, False)
+        connection.exec_driver_sql("BEGIN" if deferred else "BEGIN IMMEDIATE")
 
 
 def make_sessionmaker(engine: Engine) -> sessionmaker[Session]:
@@ -120,6 +128,17 @@ def make_read_sessionmaker(engine: Engine) -> sessionmaker[Session]:
     if engine.dialect.name != "postgresql":
         return make_sessionmaker(engine)
     return make_sessionmaker(engine.execution_options(isolation_level="AUTOCOMMIT"))
+
+
+@contextmanager
+def scan(sessions: sessionmaker[Session]) -> Iterator[Session]:
+    """A session for a long read that writes nothing, such as garbage collection's look at every
+    manifest. On SQLite its transaction does not take the write lock, which every other transaction
+    begins with, for as long as it reads; writing through it may fail. Elsewhere an ordinary session.
+    """
+    with sessions() as session:
+        session.connection(execution_options={_READ_ONLY: True})
+        yield session
 
 
 @contextmanager

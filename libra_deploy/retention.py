@@ -28,7 +28,7 @@ from sqlalchemy import delete, func, or_, select
 from sqlalchemy.orm import Session
 
 from libra_deploy import idempotency
-from libra_deploy.db import in_batches, insert_ignoring_duplicates, transaction, utcnow
+from libra_deploy.db import in_batches, insert_ignoring_duplicates, scan, transaction, utcnow
 from libra_deploy.errors import LibraError
 from libra_deploy.models import ACTIVE_STATUSES, BlobCandidate, Deployment, OwnedBlob, Project
 from libra_deploy.runtime import Runtime
@@ -80,7 +80,7 @@ def collect_garbage(runtime: Runtime, dry_run: bool = False) -> GcReport:
 
 def _crowded_projects(runtime: Runtime) -> list[str]:
     """Projects with more unexpired deployments than retention keeps: the only ones to look at."""
-    with runtime.sessions() as session:
+    with scan(runtime.sessions) as session:
         return list(
             session.scalars(
                 select(Deployment.project_id)
@@ -141,7 +141,7 @@ def _deployment_blobs(session: Session, *conditions: Any, excluding: Collection[
 
 def _referenced_blobs(runtime: Runtime, expiring: Collection[str]) -> set[str]:
     """Blobs in use, not counting deployments about to expire (a dry run has not expired them)."""
-    with runtime.sessions() as session:
+    with scan(runtime.sessions) as session:
         referenced = set(_deployment_blobs(session, Deployment.expired_at.is_(None), excluding=expiring))
         for (manifest,) in session.execute(select(Project.source_manifest).execution_options(yield_per=200)):
             referenced.update(_manifest_blobs(manifest))
@@ -150,7 +150,7 @@ def _referenced_blobs(runtime: Runtime, expiring: Collection[str]) -> set[str]:
 
 def _referenced_since(runtime: Runtime, started: datetime) -> set[str]:
     """Blobs of deployments created or running since the collection began: the last look before deleting."""
-    with runtime.sessions() as session:
+    with scan(runtime.sessions) as session:
         return set(
             _deployment_blobs(
                 session,
@@ -164,7 +164,7 @@ def _sweep_blobs(runtime: Runtime, started: datetime, dry_run: bool, report: GcR
     # referenced after the reading was listed and is caught by the last look (_referenced_since).
     listed = set(runtime.store.list_keys(BLOB_PREFIX))
     unreferenced = listed - _referenced_blobs(runtime, set(report.expired_deployments))
-    with runtime.sessions() as session:
+    with scan(runtime.sessions) as session:
         known = {
             key: first_seen
             for key, first_seen in session.execute(select(BlobCandidate.key, BlobCandidate.first_seen_at))

@@ -29,7 +29,11 @@ URL patterns (both files)
     later rule's value for the same header is appended after a comma, and ``! Name`` removes the
     header as set so far (by the service or by earlier rules). Limits as on Pages: 100 rules, 2,000
     characters a line. Headers that frame the response (Content-Length, Transfer-Encoding and the
-    hop-by-hop ones) cannot be set or removed.
+    hop-by-hop ones) cannot be set or removed, nor can those that act on the whole origin rather
+    than on the answer (:data:`ORIGIN_HEADERS`: cookies, Clear-Site-Data, HSTS...), since under
+    ``/sites/`` a site shares its origin with the API. A rule's Content-Security-Policy stays a
+    policy of its own beside the sandbox the service adds under ``/sites/``, and its
+    ``Access-Control-*`` headers give way to the service's there (:mod:`libra_deploy.sites`).
 """
 
 from __future__ import annotations
@@ -62,6 +66,27 @@ SERVER_HEADERS = frozenset(
         "te",
         "trailer",
         "upgrade",
+    }
+)
+#: Headers that act on the whole origin, and outlast the answer, rather than on the answer itself.
+#: Under /sites/ a site shares its origin with the API and with every other site, so one answer
+#: carrying them would reach everyone who uses the service: Set-Cookie could replace a visitor's
+#: API session with the site's, Clear-Site-Data log them out, Service-Worker-Allowed let a service
+#: worker claim a scope beyond the site's directory, Strict-Transport-Security pin the API's host
+#: (and with includeSubDomains its subdomains), NEL and Report-To have reports about every later
+#: request to the origin sent where the site says, Alt-Svc send the origin's traffic elsewhere.
+#: They are refused like the server's own headers, on every host: one deployment's rules serve
+#: under /sites/ and on its custom domain alike (a custom domain's proxy can set them there).
+ORIGIN_HEADERS = frozenset(
+    {
+        "set-cookie",
+        "set-cookie2",
+        "clear-site-data",
+        "service-worker-allowed",
+        "strict-transport-security",
+        "nel",
+        "report-to",
+        "alt-svc",
     }
 )
 
@@ -397,6 +422,8 @@ def _header_problem(name: str, value: str) -> str | None:
         return f"{name!r} is not a valid header name"
     if name.lower() in SERVER_HEADERS:
         return f"{name} is set by the server and cannot be changed"
+    if name.lower() in ORIGIN_HEADERS:
+        return f"{name} acts on the whole origin, not on one answer, and cannot be set or removed"
     if any((ord(c) < 0x20 and c != "\t") or ord(c) == 0x7F for c in value):
         return f"the value of {name} holds control characters"
     try:

@@ -16,6 +16,10 @@ Rules, as static hosts do it, in this order:
 
 HTML is revalidated on every visit, fingerprinted assets (``app-3f9a1c2b.js``) are cached for a
 year, and everything carries a strong ETag.
+
+Under ``/sites/`` the service's own origin serves every site, so answers there also carry a sandbox
+that gives the page an opaque origin of its own (:func:`shared_origin_headers`); on a custom domain
+the site has its origin to itself and is served as it is.
 """
 
 from __future__ import annotations
@@ -104,6 +108,39 @@ def file_headers(file: SiteFile) -> list[tuple[str, str]]:
         ("Cache-Control", cache_control(file.path)),
         ("X-Content-Type-Options", "nosniff"),
     ]
+
+
+#: The sandbox of every answer under /sites/, where sites are served from the API's own origin.
+#: Without allow-same-origin the page runs in an opaque origin: its requests say ``Origin: null``
+#: (the session cookie's write check refuses them, CORS shows it no answer of the API), and it can
+#: read neither the origin's cookies nor its storage, nor register a service worker there. Kept,
+#: because static sites use them: scripts, forms, popups and target=_blank links (escaping the
+#: sandbox, so that another website opens as itself; a /sites/ page opened so has its own sandbox
+#: anyway), alert() and the like, downloads. Left out: allow-top-navigation* (a framed site must
+#: not navigate the page framing it) and the rarer page features (pointer lock, presentation),
+#: harmless to add when a site needs them. The cost to sites: no cookies, storage, service worker
+#: or worker loaded by URL of their own here; a site that needs them uses its custom domain.
+SANDBOX_POLICY = (
+    "sandbox allow-scripts allow-forms allow-popups allow-popups-to-escape-sandbox"
+    " allow-modals allow-downloads"
+)
+#: An opaque origin is cross-origin to everything, its own files included: module scripts, fonts and
+#: fetch() of the site's own files are CORS requests from ``Origin: null``, which need this. A site's
+#: files are public and the answer grants no credentials, so any page may read them.
+SHARED_ORIGIN_CORS = ("Access-Control-Allow-Origin", "*")
+
+
+def shared_origin_headers(headers: Iterable[tuple[str, str]]) -> list[tuple[str, str]]:
+    """An answer's headers, ``_headers`` rules applied, as served from the service's own origin.
+
+    The sandbox is a policy of its own, added after the rules: a rule's Content-Security-Policy
+    (or its ``!`` removal) acts only on the site's own policy, and a browser enforces every policy
+    it gets, so a site's policy can tighten the sandbox but neither remove nor loosen it. The CORS
+    answer is the service's, whole: a rule's ``Access-Control-*`` headers (kept on a custom domain)
+    give way to it, so that no site grants credentialed reads on the API's origin.
+    """
+    kept = [(name, value) for name, value in headers if not name.lower().startswith("access-control-")]
+    return [*kept, ("Content-Security-Policy", SANDBOX_POLICY), SHARED_ORIGIN_CORS]
 
 
 # A last path segment with a file extension: "app.js", "photo.JPG", ".env"; not "settings".

@@ -7,7 +7,7 @@ import uuid
 import pytest
 from sqlalchemy import select
 
-from libra_deploy import site_rules
+from libra_deploy import site_rules, sites
 from libra_deploy.models import DeploymentLog
 from tests.helpers import deploy_completed, make_tenant
 
@@ -60,6 +60,16 @@ def test_a_malformed_headers_line_is_skipped_with_a_warning(text, reason):
     assert len(warnings) == 1, warnings
     assert reason in warnings[0].message
     assert all(rule.set or rule.unset for rule in rules)
+
+
+@pytest.mark.parametrize("name", sorted(site_rules.ORIGIN_HEADERS))
+def test_a_header_acting_on_the_whole_origin_can_be_neither_set_nor_removed(name):
+    # Under /sites/ the origin is the API's: Set-Cookie would replace a visitor's session, and so on.
+    rules, warnings = site_rules.parse_headers(f"/*\n  X-Ok: 1\n  {name.title()}: x=1; Path=/\n  ! {name}\n")
+    assert [rule.set for rule in rules] == [(("X-Ok", "1"),)]
+    assert [rule.unset for rule in rules] == [()]
+    assert [w.line for w in warnings] == [3, 4], warnings
+    assert all("acts on the whole origin" in w.message for w in warnings)
 
 
 def test_the_limits_are_those_of_pages():
@@ -259,3 +269,98 @@ def test_a_malformed_rule_file_deploys_with_warnings_in_the_log(client, runtime,
     base = f"/sites/{tenant.project_id}"
     assert client.get(base + "/fine").headers["Location"] == f"{base}/index.html"
     assert client.get(base + "/").headers["X-Good"] == "yes"
+
+
+# -- headers on the API's own origin and on a custom domain ---------------------------------------
+
+#: What a site might try against the origin it is served from, and page-level headers it may set.
+ORIGIN_RULES = """\
+/*
+  Set-Cookie: session=lds_the_sites_own_value; Path=/; HttpOnly
+  Set-Cookie2: session=x
+  Clear-Site-Data: "cookies", "storage"
+  Service-Worker-Allowed: /
+  Strict-Transport-Security: max-age=63072000; includeSubDomains
+  NEL: {"report_to": "spy", "max_age": 31536000, "success_fraction": 1.0}
+  Report-To: {"group": "spy", "max_age": 31536000, "endpoints": [{"url": "https://spy.example"}]}
+  Alt-Svc: h2="spy.example:443"
+  Access-Control-Allow-Origin: https://spy.example
+  Access-Control-Allow-Credentials: true
+  Content-Security-Policy: default-src 'self'; frame-ancestors 'none'
+  X-Frame-Options: DENY
+/open/*
+  ! Content-Security-Policy
+"""
+
+
+@pytest.fixture(scope="module")
+def origin_site(runtime, worker, app):
+    """A site whose _headers aims at the origin, deployed to a project with a custom domain."""
+    tenant = make_tenant(runtime)
+    client = app.test_client()
+    domain = f"www-{uuid.uuid4().hex[:8]}.origin-example.io"
+    created = client.post(
+        "/projects", json={"name": "origin", "customDomain": domain}, headers=tenant.headers
+    )
+    assert created.status_code == 201, created.get_json()
+    project_id = created.get_json()["id"]
+    files = {"index.html": "<h1>home</h1>", "open/index.html": "open", "_headers": ORIGIN_RULES}
+    deployment_id = deploy_completed(client, tenant, files, project_id=project_id)
+    return project_id, deployment_id, domain
+
+
+def test_rules_acting_on_the_origin_are_refused_with_warnings_in_the_log(runtime, origin_site):
+    _project_id, deployment_id, _domain = origin_site
+    with runtime.sessions() as session:
+        warnings = session.scalars(
+            select(DeploymentLog.message)
+            .where(DeploymentLog.deployment_id == deployment_id, DeploymentLog.level == "warning")
+            .order_by(DeploymentLog.id)
+        ).all()
+    refused = ["Set-Cookie", "Set-Cookie2", "Clear-Site-Data", "Service-Worker-Allowed"]
+    refused += ["Strict-Transport-Security", "NEL", "Report-To", "Alt-Svc"]
+    reason = "acts on the whole origin, not on one answer, and cannot be set or removed; ignored"
+    assert warnings == [
+        f"_headers line {line}: {name} {reason}" for line, name in enumerate(refused, start=2)
+    ]
+
+
+SITE_POLICY = "default-src 'self'; frame-ancestors 'none'"
+
+
+@pytest.mark.parametrize(
+    ("path", "site_policies"),
+    [("/", [SITE_POLICY]), ("/open/", []), ("/open", [SITE_POLICY]), ("/missing.js", [SITE_POLICY])],
+)
+def test_on_the_api_origin_no_rule_reaches_the_origin_or_lifts_the_sandbox(
+    client, origin_site, path, site_policies
+):
+    project_id, _deployment_id, _domain = origin_site
+
+    response = client.get(f"/sites/{project_id}{path}", headers={"Origin": "http://localhost:3000"})
+
+    for name in sorted(site_rules.ORIGIN_HEADERS):
+        assert name not in response.headers, name
+    # The site's own policy is a second policy (a browser enforces both), or none after `!`; the
+    # sandbox is always there, and the CORS answer is the service's: no credentials, whatever the rule.
+    assert response.headers.getlist("Content-Security-Policy") == [*site_policies, sites.SANDBOX_POLICY]
+    assert response.headers.getlist("Access-Control-Allow-Origin") == ["*"]
+    assert "Access-Control-Allow-Credentials" not in response.headers
+    assert response.headers["X-Frame-Options"] == "DENY"
+
+
+def test_on_a_custom_domain_the_site_has_its_origin_and_its_page_headers_to_itself(client, origin_site):
+    _project_id, _deployment_id, domain = origin_site
+
+    response = client.get("/", headers={"Host": domain})
+
+    assert response.get_data(as_text=True) == "<h1>home</h1>"
+    assert response.headers.getlist("Content-Security-Policy") == [SITE_POLICY]
+    assert response.headers["Access-Control-Allow-Origin"] == "https://spy.example"
+    assert response.headers["Access-Control-Allow-Credentials"] == "true"
+    # The rules are one file for both hosts: what acts on an origin is refused on this one too.
+    for name in sorted(site_rules.ORIGIN_HEADERS):
+        assert name not in response.headers, name
+    # A custom domain's /sites/... is a path of the site, not the API's /sites/: no sandbox there.
+    deep = client.get("/sites/anything", headers={"Host": domain})
+    assert sites.SANDBOX_POLICY not in deep.headers.getlist("Content-Security-Policy")

@@ -1,9 +1,14 @@
-"""Serving deployed sites: content types, caching, redirects, indexes and 404s."""
+"""Serving deployed sites: content types, caching, redirects, indexes and 404s, and the sandbox
+of the sites served from the API's own origin."""
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import pytest
 
+from libra_deploy import auth, sites
+from libra_deploy.db import transaction
 from tests.helpers import deploy, make_tenant, wait_for
 
 SITE = {
@@ -102,3 +107,89 @@ def test_a_project_that_never_deployed_is_404(client, tenant):
     assert response.status_code == 404
     assert response.get_json()["error"] == "SITE_NOT_FOUND"
     assert client.get("/sites/not-an-id/").status_code == 404
+
+
+# -- the API's own origin ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("path", "status"),
+    [
+        ("/", 200),
+        ("/assets/app-BdE3f9a1.js", 200),
+        ("/assets/logo.svg", 200),  # an SVG opened on its own is a document, with scripts
+        ("/nope.html", 404),  # the site's own 404 page
+        ("/docs", 308),
+        ("", 308),  # the project without its trailing slash
+    ],
+)
+def test_every_answer_under_sites_runs_in_a_sandbox_of_its_own(client, site, path, status):
+    response = client.get(f"/sites/{site.project_id}{path}", headers={"Origin": "http://localhost:3000"})
+
+    assert response.status_code == status
+    # No allow-same-origin: the page gets an opaque origin, not the API's (its requests say Origin: null).
+    assert response.headers.getlist("Content-Security-Policy") == [sites.SANDBOX_POLICY]
+    directive, *flags = sites.SANDBOX_POLICY.split()
+    assert directive == "sandbox"
+    assert "allow-scripts" in flags
+    assert not {"allow-same-origin", "allow-top-navigation", "allow-top-navigation-by-user-activation"} & set(
+        flags
+    )
+    # From an opaque origin the site's own module scripts, fonts and fetches are CORS requests: any
+    # page may read a site's public files, without credentials, even from an origin CORS allows.
+    assert response.headers["Access-Control-Allow-Origin"] == "*"
+    assert "Access-Control-Allow-Credentials" not in response.headers
+
+
+def test_the_sandbox_is_on_every_kind_of_answer(client, site, runtime):
+    base = f"/sites/{site.project_id}"
+    etag = client.get(base + "/robots.txt").headers["ETag"]
+    deployment_id = runtime.target.live_deployment(site.project_id)
+    answers = {
+        "not modified": client.get(base + "/robots.txt", headers={"If-None-Match": etag}),
+        "head": client.head(base + "/"),
+        "one deployment": client.get(f"/sites/{site.project_id}@{deployment_id}/"),
+        "unknown site": client.get("/sites/prj_does_not_exist/"),
+        "no such route": client.post(base + "/"),
+    }
+    for what, response in answers.items():
+        assert response.headers.getlist("Content-Security-Policy") == [sites.SANDBOX_POLICY], what
+    assert answers["not modified"].status_code == 304
+    assert answers["unknown site"].status_code == 404
+    assert answers["no such route"].status_code == 405
+    # The API itself is not sandboxed: its pages (the reference) run on its origin.
+    assert "Content-Security-Policy" not in client.get("/health").headers
+
+
+def _session_client(app, runtime, tenant):
+    with transaction(runtime.sessions) as session:
+        _row, value = auth.create_session(
+            session, org_id=tenant.org_id, user_id=tenant.user_id, ttl=timedelta(hours=1)
+        )
+    visitor = app.test_client()
+    visitor.set_cookie("session", value)
+    return visitor
+
+
+def test_what_a_sandboxed_page_sends_with_a_visitors_session_is_refused(app, runtime, tenant):
+    # A browser sends the visitor's session cookie along with what a page under /sites/ asks for,
+    # but the sandbox makes the page's origin opaque: Chromium says so with these two headers.
+    visitor = _session_client(app, runtime, tenant)
+    from_the_sandbox = {"Origin": "null", "Sec-Fetch-Site": "cross-site"}
+    url = f"/projects/{tenant.project_id}"
+
+    refused = visitor.patch(url, json={"name": "defaced"}, headers=from_the_sandbox)
+    # A form the page submits (allow-forms) is a simple request: it reaches the server all the same.
+    form = visitor.post("/deploy", data="a=b", content_type="text/plain", headers=from_the_sandbox)
+    read = visitor.get(url, headers=from_the_sandbox)
+
+    assert refused.status_code == 403
+    assert refused.get_json()["error"] == "CROSS_SITE_REQUEST"
+    assert form.status_code == 403
+    assert form.get_json()["error"] == "CROSS_SITE_REQUEST"
+    # A read is answered, but without CORS headers for the opaque origin the browser withholds it.
+    assert read.status_code == 200
+    assert "Access-Control-Allow-Origin" not in read.headers
+    assert read.get_json()["name"] != "defaced"
+    # The session itself works: the same write without the sandbox's Origin goes through.
+    assert visitor.patch(url, json={"name": "renamed"}).get_json()["name"] == "renamed"

@@ -8,7 +8,10 @@ any path on a project's custom domain
     the live deployment, when the request's Host is the domain attached to the project.
 
 All three follow the same rules (:mod:`libra_deploy.sites`): the site's ``_redirects`` and
-``_headers``, indexes, 404 pages and the single-page-app fallback.
+``_headers``, indexes, 404 pages and the single-page-app fallback. The first two are on the API's
+own origin (on whatever host reaches the API), so every answer under ``/sites/`` there, errors and
+redirects included, carries the sandbox of :func:`libra_deploy.sites.shared_origin_headers`; a
+custom domain's answers, on an origin of their own, do not.
 """
 
 from __future__ import annotations
@@ -18,7 +21,7 @@ import threading
 from urllib.parse import urlsplit
 
 from cachetools import TTLCache
-from flask import Flask, jsonify, redirect, request
+from flask import Flask, g, jsonify, redirect, request
 from flask.views import MethodView
 from werkzeug.datastructures import Headers
 from werkzeug.exceptions import MethodNotAllowed
@@ -176,11 +179,22 @@ def serve_custom_domain() -> Response | None:
     project_id = _custom_domain_project(request.host)
     if project_id is None:
         return None
+    g.custom_domain_project = project_id
     if request.method not in ("GET", "HEAD"):
         raise MethodNotAllowed(valid_methods=["GET", "HEAD"])
     return serve(project_id, _live(project_id), request.path.lstrip("/"), request.script_root)
 
 
+def sandbox_on_the_api_origin(response: Response) -> Response:
+    """Give every answer under /sites/ on the API's origin the sandbox and the CORS answer of
+    :func:`libra_deploy.sites.shared_origin_headers`: by path, not by blueprint, so that routing's
+    own errors there have them too, and never on a custom domain, whose /sites/... is the site's."""
+    if request.path.startswith("/sites/") and g.get("custom_domain_project") is None:
+        response.headers = Headers(sites.shared_origin_headers(response.headers.to_wsgi_list()))
+    return response
+
+
 def init_app(app: Flask) -> None:
     # Before authentication: a custom domain's every path is its public site, never the API.
     app.before_request(serve_custom_domain)
+    app.after_request(sandbox_on_the_api_origin)

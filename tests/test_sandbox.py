@@ -14,7 +14,7 @@ import pytest
 from sqlalchemy import select
 
 from libra_deploy.adapters.local_sandbox import LocalSandboxProvider, ResourceLimits
-from libra_deploy.errors import ConfigError
+from libra_deploy.errors import ConfigError, ProviderError
 from libra_deploy.models import DeadLetter
 from libra_deploy.ports import SandboxSpec
 from libra_deploy.redact import register_secrets
@@ -235,6 +235,137 @@ def test_a_timeout_kills_the_whole_sandboxed_process_tree(sandbox):
         sandbox.provider.run(
             sandbox.id, ["sh", "-c", "sleep 60 & sleep 60"], env={}, timeout_s=1, on_output=print
         )
+
+
+# Symlinks a build leaves in its sandbox ---------------------------------------------------------------
+# The build sees its links resolved inside bubblewrap; the host reading or writing the sandbox would
+# see them resolved on the host, where ../../.. from a project directory is the service's data.
+
+
+def _failed_on_a_symlink(status: dict, link: str) -> None:
+    assert status["status"] == "failed", status
+    assert status["errorCode"] == "SANDBOX_SYMLINK", status
+    assert f"{link} is a symbolic link" in status["error"]
+    # The same sandbox would refuse it again: one attempt, not three.
+    assert status["steps"]["build"]["attempts"] == 1
+    assert status["steps"]["deploy"]["status"] == "skipped"
+
+
+@pytest.mark.parametrize("target", ["../../..", "DATA_DIR"], ids=["relative", "absolute"])
+def test_an_output_directory_linked_out_of_the_sandbox_fails_the_build(
+    client, worker, tenant, settings, target
+):
+    canary = settings.data_dir / f"canary-{uuid.uuid4().hex}.txt"
+    canary.write_text("the service's own file\n")
+    link = str(settings.data_dir) if target == "DATA_DIR" else target
+    files = {"package.json": json.dumps({"scripts": {"build": f"ln -s {link} dist"}})}
+    try:
+        status = wait_for(client, tenant, deploy(client, tenant, files))
+    finally:
+        canary.unlink()
+
+    _failed_on_a_symlink(status, "/sandbox/project/dist")
+    assert client.get(f"/sites/{tenant.project_id}/{canary.name}").status_code == 404
+
+
+def test_an_output_directory_under_a_linked_directory_fails_the_build(client, worker, tenant, settings):
+    outside = settings.data_dir / f"outside-{uuid.uuid4().hex}"
+    (outside / "site").mkdir(parents=True)
+    (outside / "site" / "index.html").write_text("not the build's\n")
+    package = {"scripts": {"build": f"ln -s {outside} out"}, "libraDeploy": {"outputDir": "out/site"}}
+    try:
+        status = wait_for(client, tenant, deploy(client, tenant, {"package.json": json.dumps(package)}))
+    finally:
+        shutil.rmtree(outside)
+
+    _failed_on_a_symlink(status, "/sandbox/project/out")
+    assert client.get(f"/sites/{tenant.project_id}/").status_code == 404
+
+
+def test_a_tmp_directory_linked_out_of_the_sandbox_is_not_bound_into_the_next_command(
+    client, worker, tenant, settings
+):
+    """bubblewrap binds the sandbox's tmp by its host path: it must not be a link to the host's files."""
+    # The tests' data directory is private to root: bound, the sandbox user could not list it. A
+    # directory it may read shows what a bind of the host's would give it.
+    outside = settings.data_dir / f"outside-{uuid.uuid4().hex}"
+    outside.mkdir(mode=0o755)
+    canary = outside / "canary.txt"
+    canary.write_text("the service's own file\n")
+    install = f"rm -rf /sandbox/tmp && ln -s {outside} /sandbox/tmp"
+    build = f"mkdir -p dist && cp /tmp/{canary.name} dist/ && echo built > dist/index.html"
+    response = client.patch(
+        f"/projects/{tenant.project_id}", json={"installCommand": install}, headers=tenant.headers
+    )
+    assert response.status_code == 200, response.get_json()
+    try:
+        files = {"package.json": json.dumps({"scripts": {"build": build}})}
+        status = wait_for(client, tenant, deploy(client, tenant, files))
+    finally:
+        shutil.rmtree(outside)
+
+    _failed_on_a_symlink(status, "/sandbox/tmp")
+    assert client.get(f"/sites/{tenant.project_id}/{canary.name}").status_code == 404
+
+
+@pytest.mark.parametrize(
+    ("planted", "path", "link"),
+    [
+        # A previous attempt's build left the cache directory as a link: the cache restore writes there.
+        ("ln -s {outside} .libra-cache", ".libra-cache/deps.tar.gz", "/sandbox/project/.libra-cache"),
+        ("mkdir -p a && ln -s {outside} a/b", "a/b/c/file.txt", "/sandbox/project/a/b"),
+        ("cd .. && mv project old && ln -s {outside} project", "file.txt", "/sandbox/project"),
+    ],
+    ids=["cache-directory", "intermediate-directory", "project-directory"],
+)
+def test_files_are_never_written_through_a_linked_directory(sandbox, data_dir, planted, path, link):
+    outside = data_dir / "outside"
+    outside.mkdir()
+    code, out = sandbox.run(planted.format(outside=outside))
+    assert code == 0, out
+
+    with pytest.raises(ProviderError, match=f"{link} is a symbolic link") as raised:
+        sandbox.provider.write_files(sandbox.id, [(path, b"from the store")])
+
+    assert raised.value.code == "SANDBOX_SYMLINK"
+    assert not raised.value.retryable
+    assert list(outside.iterdir()) == []
+
+
+def test_a_file_left_as_a_link_is_replaced_not_written_through(sandbox, data_dir):
+    secret = data_dir / "service-secret.txt"
+    code, out = sandbox.run(f"mkdir -p .libra-cache && ln -s {secret} .libra-cache/deps.tar.gz")
+    assert code == 0, out
+
+    sandbox.provider.write_files(sandbox.id, [(".libra-cache/deps.tar.gz", b"the cache")])
+
+    assert secret.read_text() == "the service's own file\n"
+    written = sandbox.host_dir() / ".libra-cache" / "deps.tar.gz"
+    assert not written.is_symlink()
+    assert written.read_bytes() == b"the cache"
+
+
+def test_a_build_cannot_hard_link_a_file_it_sees_of_the_host(sandbox):
+    """Hard links need no check on the host: the kernel refuses one across bubblewrap's mounts."""
+    code, out = sandbox.run("ln /etc/passwd p; ln /usr/bin/env e; true")
+    assert code == 0, out
+    assert out.count("Invalid cross-device link") == 2, out
+    assert not (sandbox.host_dir() / "p").exists()
+    assert not (sandbox.host_dir() / "e").exists()
+
+
+def test_links_inside_the_output_are_left_out(sandbox, data_dir):
+    code, out = sandbox.run(
+        f"mkdir -p dist/real && echo page > dist/index.html && echo asset > dist/real/a.js"
+        f" && ln -s {data_dir} dist/linked-dir && ln -s {data_dir}/service-secret.txt dist/linked-file"
+        f" && ln -s real dist/inner && ln -s index.html dist/inner-file && mkfifo dist/fifo"
+    )
+    assert code == 0, out
+
+    assert dict(sandbox.provider.read_files(sandbox.id, "dist")) == {
+        "index.html": b"page\n",
+        "real/a.js": b"asset\n",
+    }
 
 
 # Without bubblewrap ---------------------------------------------------------------------------------

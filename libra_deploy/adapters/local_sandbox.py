@@ -22,6 +22,13 @@ Without bubblewrap (not installed, user namespaces disabled, or SANDBOX_ISOLATIO
 get the limits and the minimal environment, and the provider says so in the log at start-up and in
 :attr:`LocalSandboxProvider.isolation` (shown by /health).
 
+The host never follows a symlink inside a sandbox: the build may turn any of its paths into one
+(``ln -s ../../.. dist``), which bubblewrap resolves inside the sandbox but the host would resolve to
+the host's own files. Files are read and written one directory at a time without following links,
+and a link where a directory must be (the output directory or one above it, a directory a file is
+written into, the sandbox's tmp) fails with SANDBOX_SYMLINK. Hard links need no such care: bubblewrap
+refuses one across its mounts (EXDEV), so a build can only link files of its own sandbox.
+
 The process groups of running commands are also recorded beside the sandbox: when a worker dies in
 the middle of a build, its build lives on as an orphan, and the worker that takes the step over (or
 the cleanup) finds it there and kills it before doing anything else in that sandbox.
@@ -30,10 +37,13 @@ the cleanup) finds it there and kills it before doing anything else in that sand
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
+import posixpath
 import shutil
 import signal
+import stat
 import subprocess
 import tempfile
 import threading
@@ -78,6 +88,8 @@ _ETC_ENTRIES = (
     "timezone",
 )
 PROBE_TIMEOUT_S = 20
+#: How the host opens a directory of a sandbox: never through a symlink the build put in its place.
+_DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
 
 @dataclass(frozen=True)
@@ -249,9 +261,11 @@ class LocalSandboxProvider:
         if self._uid is None or self.isolation != "bubblewrap":
             return
         os.lchown(top, self._uid, self._uid)
-        for dirpath, dirnames, filenames in os.walk(top):
+        # fwalk neither starts in nor descends into a symlinked directory (os.walk starts in one):
+        # the owner of the host's files must not change.
+        for _path, dirnames, filenames, dir_fd in os.fwalk(top):
             for name in (*dirnames, *filenames):
-                os.lchown(os.path.join(dirpath, name), self._uid, self._uid)
+                os.chown(name, self._uid, self._uid, dir_fd=dir_fd, follow_symlinks=False)
 
     def create(self, spec: SandboxSpec) -> str:
         # One sandbox per deployment, named after it: a redelivered sandbox step finds its own.
@@ -267,14 +281,27 @@ class LocalSandboxProvider:
         return self.project_dir(sandbox_id).is_dir()
 
     def write_files(self, sandbox_id: str, files: Iterable[tuple[str, bytes]]) -> None:
-        root = self.project_dir(sandbox_id)
-        if not root.is_dir():
-            raise ProviderError(f"sandbox {sandbox_id} does not exist", retryable=True)
+        base = self._dir(sandbox_id)
+        try:
+            os.close(_open_dir(base, "project", action="write into the sandbox"))
+        except (FileNotFoundError, NotADirectoryError):
+            raise ProviderError(f"sandbox {sandbox_id} does not exist", retryable=True) from None
         for rel, data in files:
-            target = root / rel
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(data)
-        self._give_to_sandbox_user(root)
+            parent, name = posixpath.split(rel)
+            if name in ("", ".", ".."):
+                raise ProviderError(f"not a file path: {rel!r}")
+            dir_fd = _open_dir(base, f"project/{parent}", action=f"write {rel}", create=True)
+            try:
+                # What a previous build left at this path (a symlink, a hard link) is replaced, not
+                # written through.
+                with contextlib.suppress(FileNotFoundError):
+                    os.unlink(name, dir_fd=dir_fd)
+                flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC
+                with open(os.open(name, flags, 0o666, dir_fd=dir_fd), "wb") as file:
+                    file.write(data)
+            finally:
+                os.close(dir_fd)
+        self._give_to_sandbox_user(base / "project")
 
     def _environment(self, base: Path, env: Mapping[str, str]) -> dict[str, str]:
         child = {k: os.environ[k] for k in _INHERITED if k in os.environ}
@@ -308,6 +335,10 @@ class LocalSandboxProvider:
         # Whatever a dead worker left running here would race this command: stop it first.
         _kill_orphans(self._groups(sandbox_id), base)
         if self.isolation == "bubblewrap":
+            # bubblewrap binds the sandbox's tmp by its host path, following a symlink: a tmp the
+            # last command replaced with one would bind a directory of the host into this one.
+            with contextlib.suppress(FileNotFoundError, NotADirectoryError):
+                os.close(_open_dir(base, "tmp", action="run another command in the sandbox"))
             argv = self._bubblewrap_argv(base, cwd, network=network, command=command)
         else:
             argv = [self._prlimit, *self.limits.prlimit_args(), "--", *command]
@@ -349,17 +380,22 @@ class LocalSandboxProvider:
         return code
 
     def read_files(self, sandbox_id: str, directory: str) -> Iterator[tuple[str, bytes]]:
-        root = self.project_dir(sandbox_id) / directory
-        if not root.is_dir():
+        shown = f"{directory.strip('/') or '.'}/"
+        try:
+            top = _open_dir(self._dir(sandbox_id), f"project/{directory}", action=f"read {shown}")
+        except (FileNotFoundError, NotADirectoryError):
             return
-        for dirpath, dirnames, filenames in os.walk(root, followlinks=False):
-            dirnames.sort()
-            for name in sorted(filenames):
-                path = Path(dirpath) / name
-                # A build could plant a symlink to a file outside its sandbox: never follow one.
-                if path.is_symlink() or not path.is_file():
-                    continue
-                yield path.relative_to(root).as_posix(), path.read_bytes()
+        try:
+            # fwalk never descends into a symlinked directory, and each file is opened relative to
+            # its directory without following a symlink: nothing outside ``directory`` is read.
+            for dirpath, dirnames, filenames, dir_fd in os.fwalk(".", dir_fd=top):
+                dirnames.sort()
+                for name in sorted(filenames):
+                    data = _read_regular_file(name, dir_fd)
+                    if data is not None:
+                        yield posixpath.normpath(posixpath.join(dirpath, name)), data
+        finally:
+            os.close(top)
 
     def destroy(self, sandbox_id: str) -> None:
         with self._lock:
@@ -370,6 +406,61 @@ class LocalSandboxProvider:
         _kill_orphans(self._groups(sandbox_id), base)
         shutil.rmtree(base, ignore_errors=True)
         shutil.rmtree(self._groups(sandbox_id), ignore_errors=True)
+
+
+def _open_dir(base: Path, relative: str, *, action: str, create: bool = False) -> int:
+    """A descriptor of the directory ``relative`` of the sandbox directory ``base``.
+
+    Opened one component at a time, never through a symlink (FileNotFoundError or
+    NotADirectoryError when there is no such directory); missing components are made when
+    ``create`` is true. A symlink fails ``action`` with a non-retryable SANDBOX_SYMLINK naming it as
+    the build sees it: the same sandbox would refuse it again.
+    """
+    fd = os.open(base, _DIR_FLAGS)
+    shown = SANDBOX_ROOT
+    try:
+        for part in relative.split("/"):
+            if part in ("", "."):
+                continue
+            if part == "..":
+                raise ProviderError(f"cannot {action}: {relative!r} is not a path inside the sandbox")
+            shown = f"{shown}/{part}"
+            try:
+                try:
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+                except FileNotFoundError:
+                    if not create:
+                        raise
+                    os.mkdir(part, dir_fd=fd)
+                    child = os.open(part, _DIR_FLAGS, dir_fd=fd)
+            except OSError as exc:
+                # O_NOFOLLOW makes a symlink fail as "not a directory" (or ELOOP): tell them apart.
+                if exc.errno in (errno.ENOTDIR, errno.ELOOP) and stat.S_ISLNK(
+                    os.stat(part, dir_fd=fd, follow_symlinks=False).st_mode
+                ):
+                    target = os.readlink(part, dir_fd=fd)
+                    raise ProviderError(
+                        f"cannot {action}: {shown} is a symbolic link (to {target[:200]!r}), which the "
+                        "service never follows out of the sandbox; the build must leave a directory there",
+                        code="SANDBOX_SYMLINK",
+                        retryable=False,
+                    ) from None
+                raise
+            os.close(fd)
+            fd = child
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def _read_regular_file(name: str, dir_fd: int) -> bytes | None:
+    """The bytes of the regular file ``name`` in ``dir_fd``; None for a symlink, a FIFO, a socket..."""
+    if not stat.S_ISREG(os.stat(name, dir_fd=dir_fd, follow_symlinks=False).st_mode):
+        return None
+    # O_NOFOLLOW: the file was checked just above, but the host never opens through a symlink.
+    with open(os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC, dir_fd=dir_fd), "rb") as file:
+        return file.read()
 
 
 def _pump_lines(proc: subprocess.Popen[bytes], on_output: LineSink) -> None:

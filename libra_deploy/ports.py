@@ -96,7 +96,12 @@ class SandboxProvider(Protocol):
         ...
 
     def read_files(self, sandbox_id: str, directory: str) -> Iterator[tuple[str, bytes]]:
-        """Yield (path relative to ``directory``, bytes) for every regular file under it."""
+        """Yield (path relative to ``directory``, bytes) for every regular file under it.
+
+        Symbolic links the build made are never followed out of the sandbox: links inside
+        ``directory`` are left out, and ``directory`` itself (or a directory above it) being one is
+        a non-retryable ProviderError (SANDBOX_SYMLINK).
+        """
         ...
 
     def destroy(self, sandbox_id: str) -> None:

@@ -98,9 +98,10 @@ class SandboxProvider(Protocol):
     def read_files(self, sandbox_id: str, directory: str) -> Iterator[tuple[str, bytes]]:
         """Yield (path relative to ``directory``, bytes) for every regular file under it.
 
-        Symbolic links the build made are never followed out of the sandbox: links inside
-        ``directory`` are left out, and ``directory`` itself (or a directory above it) being one is
-        a non-retryable ProviderError (SANDBOX_SYMLINK).
+        Symbolic links the build made never lead to the service's own files: links inside
+        ``directory`` are left out, and a provider whose sandbox is on the service's disk (the
+        local one) refuses a ``directory`` that is one, or lies under one, with a non-retryable
+        ProviderError (SANDBOX_SYMLINK). A remote sandbox resolves them on its own machine.
         """
         ...
 

@@ -402,11 +402,14 @@ class Cancelled:
 
 
 def cancel(session: Session, principal: Principal, deployment_id: str) -> Cancelled:
-    """Cancel a queued or running deployment. A finished one cannot be cancelled (Conflict).
+    """Cancel a queued or running deployment. A finished one cannot be cancelled (Conflict), nor one
+    that is live or going live (Conflict): its deploy step has begun to switch the live site to it.
 
     A queued deployment never starts: its first step finds it cancelled. A running one is stopped
     by the worker running it, whose step monitor sees the cancel within a second and kills the
-    sandbox's processes. The caller commits, then publishes the cleanup.
+    sandbox's processes. The cancel and the deploy step's switch of the live site are decided under
+    the deployment's row lock, taken here and by ``StepContext.begin_live_switch``: whichever comes
+    first wins. The caller commits, then publishes the cleanup.
     """
     deployment = get_deployment(session, principal.org_id, deployment_id, lock=True)
     if deployment.status == DeploymentStatus.CANCELLED:
@@ -415,6 +418,16 @@ def cancel(session: Session, principal: Principal, deployment_id: str) -> Cancel
         raise Conflict(
             f"deployment {deployment.id} is {deployment.status}; only queued or running ones can be stopped",
             code="DEPLOYMENT_FINISHED",
+        )
+    if deployment.live_switch_at is not None or any(
+        s.step == "deploy" and s.status == StepStatus.COMPLETED for s in deployment.steps
+    ):
+        # (A deploy step completed before live_switch_at existed has no mark: its state says it.)
+        raise Conflict(
+            f"deployment {deployment.id} is already live or going live: its deploy step has begun to"
+            " switch the project's live site to it, so it can no longer be cancelled; it completes,"
+            " and a rollback puts an earlier deployment back",
+            code="DEPLOYMENT_LIVE",
         )
     now = utcnow()
     running = next((s for s in deployment.steps if s.status == StepStatus.IN_PROGRESS), None)
@@ -428,7 +441,8 @@ def cancel(session: Session, principal: Principal, deployment_id: str) -> Cancel
             step.status = StepStatus.SKIPPED
     project = session.get(Project, deployment.project_id)
     if project is not None:
-        # The cancelled deployment never touched the live site: the project is as it was before.
+        # The cancelled deployment never touched the live site (its deploy step had not begun the
+        # switch, and now never will): the project is as it was before.
         project.deployment_status = (
             ProjectStatus.DEPLOYED if project.production_deployment_id else ProjectStatus.IDLE
         )

@@ -225,6 +225,10 @@ class Deployment(Base):
     #: When the pipeline was last published to the broker; NULL while it waits for the outbox relay.
     enqueued_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     cancel_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
+    #: When the deploy step, under this row's lock and finding no cancel, took the right to switch
+    #: the project's live site to this deployment: from then on a cancel is refused and the
+    #: deployment goes on to complete (StepContext.begin_live_switch, deployments.cancel).
+    live_switch_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     # A sandbox slot (MAX_CONCURRENT_DEPLOYMENTS across all workers): asked for, held, given back.
     slot_requested_at: Mapped[datetime | None] = mapped_column(UTCDateTime)
     slot_acquired_at: Mapped[datetime | None] = mapped_column(UTCDateTime)

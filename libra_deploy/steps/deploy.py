@@ -56,6 +56,9 @@ def execute(ctx: StepContext) -> DeployResult:
     entry = "index.html" if "index.html" in manifest else next(iter(manifest))
     if target.open(project.id, deployment.id, entry) is None:
         raise StepError(f"the {target.name} target does not serve {entry} after publishing", retryable=True)
+    # Cancel or switch, decided under the deployment's row lock: a cancel that came first stops the
+    # step here, with the live site as it was; once this returns, a cancel is refused (409).
+    ctx.begin_live_switch()
     target.activate(project.id, deployment.id)
     url = site_url(ctx.runtime.settings.public_url, project.id)
     ctx.log(

@@ -8,7 +8,9 @@ A step runs in three short transactions around work that holds none:
    a step that needs a sandbox slot waits for one, and a step whose worker died too often is
    given up. Only then is the step marked in_progress, with its attempt counted;
 2. *execute* does the step's own work, watched by the process's :class:`StepMonitor` (heartbeats,
-   cancellation) and bounded by the step's deadline;
+   cancellation) and bounded by the step's deadline; the deploy step commits one more short
+   transaction before it switches the live site (:meth:`StepContext.begin_live_switch`: a cancel
+   and the switch are decided under the deployment's row lock);
 3. *record* writes the step's results, marks it completed, and moves the progress on; a cleanup
    that gave a sandbox slot back names the waiters whose turn has come, for the task layer to wake
    once this transaction has committed.
@@ -198,6 +200,36 @@ class StepContext:
     @property
     def cancelled(self) -> bool:
         return self.watch.cancelled.is_set()
+
+    def begin_live_switch(self) -> None:
+        """Take the right to switch the project's live site to this deployment, or stop: cancelled.
+
+        A cancel and the switch are decided under the deployment's row lock, which ``cancel``
+        takes too (on SQLite, the write lock of BEGIN IMMEDIATE): a deployment cancelled first
+        stops here, with nothing live changed (the step ends CANCELLED); otherwise
+        ``live_switch_at`` is committed, and from then on a cancel is refused, so that the switch
+        and the deployment complete. A retry of the step after the switch began finds its own mark
+        and goes on (the first time stays). Called by the deploy step right before it activates.
+        """
+        deployment_id = self.deployment.id
+        with transaction(self.runtime.sessions) as session:
+            status = session.scalars(
+                select(Deployment.status).where(Deployment.id == deployment_id).with_for_update()
+            ).one_or_none()
+            if status == DeploymentStatus.IN_PROGRESS:
+                session.execute(
+                    update(Deployment)
+                    .where(Deployment.id == deployment_id, Deployment.live_switch_at.is_(None))
+                    .values(live_switch_at=utcnow())
+                )
+                return
+        if status == DeploymentStatus.CANCELLED:
+            # Seen here before the step monitor's next look: run_step records the step cancelled.
+            self.watch.cancelled.set()
+            raise StepError(
+                "the deployment was cancelled before its live site was switched", code="CANCELLED"
+            )
+        raise StepError(f"deployment {deployment_id} is {status or 'gone'}; its live site is left as it is")
 
 
 def monitor(runtime: Runtime) -> StepMonitor:

@@ -171,12 +171,22 @@ class Cancel(MethodView):
     @blp.alt_response(200, schema=DeploymentStatusSchema, description="The deployment was cancelled before")
     @blp.alt_response(401, schema=ErrorSchema, description="Missing or invalid credentials")
     @blp.alt_response(404, schema=ErrorSchema, description="No such deployment in your organisation")
-    @blp.alt_response(409, schema=ErrorSchema, description="The deployment is completed or failed")
+    @blp.alt_response(
+        409,
+        schema=ErrorSchema,
+        description=(
+            "The deployment is completed or failed (DEPLOYMENT_FINISHED), or already live or going"
+            " live: its deploy step has begun to switch the live site to it (DEPLOYMENT_LIVE)"
+        ),
+    )
     def post(self, deployment_id: str) -> tuple[dict[str, Any], int]:
         """Cancel a deployment
 
         A queued deployment never starts; a running one has its build stopped within seconds.
-        The sandbox is then cleaned up.
+        The sandbox is then cleaned up. Once the deploy step has begun to switch the project's live
+        site to the deployment, it can no longer be cancelled (409 DEPLOYMENT_LIVE): it completes,
+        and a rollback puts an earlier deployment back. A cancel that comes first wins: the deploy
+        step then leaves the live site as it was.
         """
         session = db()
         with session.begin():

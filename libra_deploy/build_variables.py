@@ -178,7 +178,10 @@ def _size(fernet: MultiFernet, variable: ProjectVariable) -> int:
 
 def delete_variable(session: Session, org_id: str, project_id: str, name: str) -> None:
     accounts.get_project(session, org_id, project_id)
-    variable = session.get(ProjectVariable, (project_id, name)) if len(name) <= MAX_NAME_LENGTH else None
+    # Only a name set_variable could have stored is looked up: any other (a NUL byte, which the
+    # database refuses in text) is the same 404 as a name the project does not have.
+    plausible = len(name) <= MAX_NAME_LENGTH and NAME.fullmatch(name) is not None
+    variable = session.get(ProjectVariable, (project_id, name)) if plausible else None
     if variable is None:
         raise NotFound(f"the project has no build variable {name[:100]}", code="VARIABLE_NOT_FOUND")
     session.delete(variable)

@@ -15,7 +15,7 @@ import binascii
 import json
 from collections.abc import Mapping
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import UTC, datetime
 from typing import Any
 
 from sqlalchemy import and_, or_, select
@@ -26,7 +26,14 @@ from libra_deploy.auth import Principal
 from libra_deploy.config import Settings
 from libra_deploy.deployments import DeployRequest, get_deployment, start_deployment, status_body, view_of
 from libra_deploy.errors import Conflict, InvalidInput
-from libra_deploy.models import Deployment, DeploymentLog, DeploymentStatus, Project, User
+from libra_deploy.models import (
+    Deployment,
+    DeploymentLog,
+    DeploymentStatus,
+    Project,
+    User,
+    is_plausible_id,
+)
 from libra_deploy.ports import ObjectStore
 from libra_deploy.steps.deploy import deployment_url
 
@@ -43,13 +50,20 @@ def encode_cursor(deployment: Deployment) -> str:
 
 
 def decode_cursor(cursor: str) -> tuple[datetime, str]:
+    """The (created_at, id) a cursor of :func:`encode_cursor` holds; INVALID_CURSOR for anything else.
+
+    A cursor comes back from the client, who may have written it: its id must be one an id could be
+    (a NUL byte would reach the database, which refuses it), and its time one that exists in UTC
+    (``9999-12-31T23:59-05:00`` does not).
+    """
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         created_at, deployment_id = json.loads(raw)
         when = datetime.fromisoformat(created_at)
-        if when.tzinfo is None or not isinstance(deployment_id, str):
+        if when.tzinfo is None or not isinstance(deployment_id, str) or not is_plausible_id(deployment_id):
             raise ValueError(cursor)
-    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError):
+        when = when.astimezone(UTC)
+    except (binascii.Error, ValueError, TypeError, UnicodeDecodeError, OverflowError):
         raise InvalidInput(
             "cursor is not one this service gave out; use nextCursor of the previous page",
             code="INVALID_CURSOR",

@@ -37,6 +37,7 @@ from libra_deploy.models import (
     DeploymentStatus,
     Project,
     ProjectStatus,
+    is_plausible_id,
 )
 from libra_deploy.ports import DeployTarget
 from libra_deploy.steps.deploy import site_url
@@ -135,7 +136,8 @@ def is_servable(session: Session, project_id: str, deployment_id: str) -> bool:
 
 
 def _lock_project(session: Session, org_id: str, project_id: str) -> Project:
-    project = session.get(Project, project_id, with_for_update=True)
+    # As accounts.get_project: an id that cannot be one never reaches the database (a NUL is 404).
+    project = session.get(Project, project_id, with_for_update=True) if is_plausible_id(project_id) else None
     if project is None or project.org_id != org_id:
         raise NotFound(
             "The specified project does not exist or you do not have access to it", code="PROJECT_NOT_FOUND"

@@ -71,6 +71,30 @@ def normalize_path(raw: object, settings: Settings, *, field: str) -> str:
     return normalized
 
 
+class RequestPaths:
+    """The paths one request has named so far, each once: the collision rule of the module docstring.
+
+    Paths are compared after NFKC, which folds the look-alike spellings (full-width letters,
+    ligatures) that NFC keeps apart: ``\ufb01le.txt`` and ``file.txt`` would be two files on disk
+    but one to the person reading the tree. ``initFiles`` and ``files`` (by hash) of one request
+    share one set, so the rule is the same whichever way a file is sent.
+    """
+
+    def __init__(self) -> None:
+        # NFKC key -> the path as the client spelled it, for the message.
+        self._seen: dict[str, str] = {}
+
+    def add(self, path: str, spelled: object, *, field: str) -> None:
+        """Take ``path`` (already through :func:`normalize_path`), or refuse it as named before."""
+        key = unicodedata.normalize("NFKC", path)
+        if key in self._seen:
+            raise InvalidInput(
+                f"{field}: {spelled!a} names the same file as {self._seen[key]!a} once normalised",
+                details={"field": field, "path": path, "rule": "collision"},
+            )
+        self._seen[key] = str(spelled)
+
+
 @dataclass(frozen=True)
 class IncomingFile:
     """A file of a deploy request: new contents, or a deletion of a stored file (``data`` None)."""
@@ -91,19 +115,12 @@ def decode_init_files(items: Sequence[Mapping[str, Any]], settings: Settings) ->
             details={"limit": "MAX_FILES", "value": settings.max_files},
         )
     files: list[IncomingFile] = []
-    seen: dict[str, str] = {}
+    seen = RequestPaths()
     total = 0
     for index, item in enumerate(items):
         field = f"initFiles[{index}]"
         path = normalize_path(item.get("path"), settings, field=f"{field}.path")
-        # NFKC folds look-alike spellings (full-width letters, ligatures) that NFC keeps apart.
-        key = unicodedata.normalize("NFKC", path)
-        if key in seen:
-            raise InvalidInput(
-                f"{field}.path: {item.get('path')!a} names the same file as {seen[key]!a} once normalised",
-                details={"field": f"{field}.path", "path": path, "rule": "collision"},
-            )
-        seen[key] = str(item.get("path"))
+        seen.add(path, item.get("path"), field=f"{field}.path")
         if item.get("delete"):
             files.append(IncomingFile(path, None))
             continue

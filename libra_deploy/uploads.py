@@ -30,7 +30,7 @@ from libra_deploy.db import in_batches, insert_ignoring_duplicates
 from libra_deploy.errors import InvalidInput, PayloadTooLarge
 from libra_deploy.models import OwnedBlob
 from libra_deploy.ports import ObjectStore
-from libra_deploy.sources import blob_key, normalize_path, sha256_hex
+from libra_deploy.sources import RequestPaths, blob_key, normalize_path, sha256_hex
 
 SHA256_PATTERN = r"^[0-9a-f]{64}$"
 _SHA256 = re.compile(SHA256_PATTERN)
@@ -140,19 +140,19 @@ def resolve_files(
 ) -> list[HashedFile]:
     """Check the ``files`` of a deploy request: safe paths, not given twice, contents uploaded.
 
-    ``taken`` maps the paths already given in ``initFiles`` to how the client spelled them.
+    ``taken`` maps the paths already given in ``initFiles`` to how the client spelled them. Two
+    paths naming one file once normalised are refused by the rule ``initFiles`` follows
+    (:class:`~libra_deploy.sources.RequestPaths`), across both lists.
     """
-    seen = dict(taken)
+    seen = RequestPaths()
+    for path, spelled in taken.items():
+        # decode_init_files checked these against each other: none is refused here.
+        seen.add(path, spelled, field="initFiles")
     named: list[tuple[str, str]] = []
     for index, item in enumerate(items):
         field = f"files[{index}]"
         path = normalize_path(item.get("path"), settings, field=f"{field}.path")
-        if path in seen:
-            raise InvalidInput(
-                f"{field}.path: {item.get('path')!r} names the same file as {seen[path]!r}",
-                details={"field": f"{field}.path", "path": path},
-            )
-        seen[path] = str(item.get("path"))
+        seen.add(path, item.get("path"), field=f"{field}.path")
         named.append((path, str(item["sha256"])))
     available = _available(session, store, org_id, {sha for _, sha in named})
     absent = sorted({sha for _, sha in named if sha not in available})

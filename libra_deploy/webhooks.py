@@ -38,6 +38,7 @@ import random
 import secrets
 import socket
 import time
+import unicodedata
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -56,7 +57,7 @@ from libra_deploy.auth import Principal
 from libra_deploy.config import Settings
 from libra_deploy.db import insert_ignoring_duplicates, utcnow
 from libra_deploy.errors import ConfigError, InvalidInput, NotFound
-from libra_deploy.models import Deployment, Webhook, WebhookDelivery, new_id
+from libra_deploy.models import Deployment, Webhook, WebhookDelivery, is_plausible_id, new_id
 from libra_deploy.redact import redact_text
 
 EVENTS = ("deployment.completed", "deployment.failed", "deployment.cancelled")
@@ -273,6 +274,18 @@ def create(
     project = accounts.get_project(session, principal.org_id, project_id)
     if len(url) > 2048:
         raise InvalidInput("a webhook URL may be at most 2048 characters", details={"field": "url"})
+    if any(unicodedata.category(c) == "Cc" for c in url):
+        # No request could be sent to it (HTTP clients refuse them in a request line), and the
+        # database refuses a NUL in text.
+        raise InvalidInput(
+            "a webhook URL may not contain control characters; percent-encode them",
+            details={"field": "url"},
+        )
+    if "\0" in description:
+        # PostgreSQL refuses NUL in text: said here, not as a database error.
+        raise InvalidInput(
+            "description: a description cannot hold NUL characters", details={"field": "description"}
+        )
     resolve(url, allow_private=settings.webhook_allow_private)
     count = len(session.scalars(select(Webhook.id).where(Webhook.project_id == project.id)).all())
     if count >= MAX_WEBHOOKS_PER_PROJECT:
@@ -309,7 +322,8 @@ def list_for_project(session: Session, principal: Principal, project_id: str) ->
 
 def get(session: Session, principal: Principal, project_id: str, webhook_id: str) -> Webhook:
     project = accounts.get_project(session, principal.org_id, project_id)
-    webhook = session.get(Webhook, webhook_id)
+    # An id that cannot be one (a NUL byte, a megabyte) is the same 404, without a query.
+    webhook = session.get(Webhook, webhook_id) if is_plausible_id(webhook_id) else None
     if webhook is None or webhook.project_id != project.id:
         raise NotFound(f"webhook {webhook_id} does not exist", code="WEBHOOK_NOT_FOUND")
     return webhook

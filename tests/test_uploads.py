@@ -189,6 +189,12 @@ def test_deploying_hashes_never_uploaded_is_400_naming_them(client, tenant):
             "names the same file",
         ),
         ([{"path": "a", "sha256": "0" * 64}, {"path": "a", "sha256": "1" * 64}], [], "names the same file"),
+        # The same rule as initFiles (NFKC): a ligature and its letters are one file.
+        (
+            [{"path": "\ufb01le.txt", "sha256": "0" * 64}, {"path": "file.txt", "sha256": "1" * 64}],
+            [],
+            "names the same file",
+        ),
     ],
 )
 def test_paths_of_files_by_hash_are_checked_like_inline_ones(client, tenant, files, init_files, fragment):

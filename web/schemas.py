@@ -491,13 +491,18 @@ class DeploymentDetailSchema(DeploymentStatusSchema):
     createdBy = fields.Nested(CreatedBySchema)
 
 
+#: The largest line id: log lines are numbered by a 64-bit column (BIGINT on PostgreSQL, INTEGER on
+#: SQLite), and both databases refuse a larger number outright rather than find no line after it.
+MAX_LINE_ID = 2**63 - 1
+
+
 class LogQuerySchema(ma.Schema):
     class Meta:
         unknown = ma.EXCLUDE
 
     cursor = fields.Integer(
         load_default=0,
-        validate=validate.Range(min=0),
+        validate=validate.Range(min=0, max=MAX_LINE_ID),
         metadata={"description": "Return the lines after this line id (nextCursor of the last answer)"},
     )
     limit = fields.Integer(

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -23,6 +24,7 @@ from web.api import Blueprint
 from web.api.deploy import accepted_body
 from web.context import db, principal, runtime
 from web.schemas import (
+    MAX_LINE_ID,
     DeploymentDetailSchema,
     DeploymentStatusSchema,
     ErrorSchema,
@@ -33,6 +35,9 @@ from web.schemas import (
 
 logger = logging.getLogger(__name__)
 blp = Blueprint("deployments", __name__, url_prefix="/deployments", description="Deployments by id")
+
+#: A Last-Event-ID: ASCII digits, no more of them than MAX_LINE_ID has (19).
+_LINE_ID = re.compile(rf"[0-9]{{1,{len(str(MAX_LINE_ID))}}}")
 
 SSE_EXAMPLE = (
     "retry: 2000\n\n"
@@ -83,7 +88,7 @@ class Logs(MethodView):
                 "in": "header",
                 "name": "Last-Event-ID",
                 "required": False,
-                "schema": {"type": "integer"},
+                "schema": {"type": "integer", "minimum": 0, "maximum": MAX_LINE_ID},
                 "description": "Resume a stream after this line id (browsers send it when they reconnect)",
                 "example": 1042,
             }
@@ -126,8 +131,13 @@ def _last_event_id() -> int:
     raw = request.headers.get("Last-Event-ID", "").strip()
     if not raw:
         return 0
-    if not raw.isdigit():
-        raise InvalidInput("Last-Event-ID must be a line id (a number)", details={"header": "Last-Event-ID"})
+    # ASCII digits only (str.isdigit() takes "²", which int() refuses), and within the line ids'
+    # 64-bit column, like the cursor: the database refuses a larger number.
+    if not _LINE_ID.fullmatch(raw) or int(raw) > MAX_LINE_ID:
+        raise InvalidInput(
+            f"Last-Event-ID must be a line id (a number from 0 to {MAX_LINE_ID})",
+            details={"header": "Last-Event-ID"},
+        )
     return int(raw)
 
 

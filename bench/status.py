@@ -141,7 +141,7 @@ SLOT_QUERIES = {
     "slots held (slots.try_acquire)": "SELECT count(*) FROM deployments "
     "WHERE slot_acquired_at IS NOT NULL AND slot_released_at IS NULL",
     "slots asked before (slots.try_acquire)": "SELECT count(*) FROM deployments "
-    "WHERE status = 'in_progress' AND slot_acquired_at IS NULL AND slot_requested_at < now()",
+    "WHERE status IN ('queued', 'in_progress') AND slot_acquired_at IS NULL AND slot_requested_at < now()",
 }
 
 

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from sqlalchemy import select, update
+from sqlalchemy import case, or_, select, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -125,14 +125,20 @@ def get(session: Session, letter_id: str) -> DeadLetter:
 class Replay:
     deployment_id: str
     start: str
+    #: The dead letters the replay closed: the one replayed and any other open one of its deployment.
+    closed: tuple[str, ...]
 
 
 def prepare_replay(session: Session, settings: Settings, letter: DeadLetter, *, from_start: bool) -> Replay:
-    """Put the deployment back in the queue, to resume at the failed step (or at validate).
+    """Put a failed deployment back in the queue, to resume at the failed step (or at validate),
+    and close its dead letters.
 
-    Refused when the deployment completed meanwhile or its project has another deployment queued or
-    running (Conflict), or when its organisation has no quota left for it (TooManyRequests). The
-    caller commits, publishes, then marks the letter replayed.
+    Refused (Conflict) unless the deployment failed and its cleanup has finished: a queued or running
+    deployment is being replayed or resumed already, and a second chain would run its steps twice at
+    once; a failure's cleanup still to run would complete the replayed deployment before it reached
+    its failed step. Refused too when its project has another deployment queued or running
+    (Conflict), or when its organisation has no quota left for it (TooManyRequests). The caller
+    commits, then publishes; a publish that fails leaves the deployment to the outbox relay.
     """
     if letter.replayed_at is not None or letter.purged_at is not None:
         raise Conflict(f"dead letter {letter.id} was already replayed or purged", code="DEAD_LETTER_CLOSED")
@@ -144,6 +150,24 @@ def prepare_replay(session: Session, settings: Settings, letter: DeadLetter, *, 
         raise Conflict(
             f"deployment {deployment.id} is completed; there is nothing to replay",
             code="DEPLOYMENT_COMPLETED",
+        )
+    if deployment.status != DeploymentStatus.FAILED:
+        # Queued or running, it is on its way again already (replayed through another of its dead
+        # letters, published by the outbox relay or the reaper): resetting it would put the step it
+        # runs back to pending, wipe the slot it holds, and start a second chain beside the first,
+        # which runs that step twice at once. Cancelled, it was stopped on purpose.
+        raise Conflict(
+            f"deployment {deployment.id} is {deployment.status}; only a failed deployment can be replayed",
+            code="DEPLOYMENT_NOT_FAILED",
+        )
+    cleanup = next(row for row in deployment.steps if row.step == "cleanup")
+    if cleanup.status in (StepStatus.PENDING, StepStatus.IN_PROGRESS):
+        # The failure's cleanup is on its way (published with the failure, or by the reaper): run on
+        # the queued deployment, it would complete it at once, without its failed step.
+        raise Conflict(
+            f"deployment {deployment.id} is failed and its cleanup has not run yet; "
+            "replay it once the cleanup has completed",
+            code="DEPLOYMENT_CLEANUP_PENDING",
         )
     # Back in the queue first: the partial unique index on active deployments refuses it if the
     # project has another deployment queued or running.
@@ -168,6 +192,15 @@ def prepare_replay(session: Session, settings: Settings, letter: DeadLetter, *, 
     deployment.current_step = None
     deployment.error_code = deployment.error_message = None
     deployment.finished_at = deployment.cancel_requested_at = None
+    # A replay is a new run with a whole MAX_DEPLOYMENT_TIMEOUT of its own: the budget runs from
+    # ``slot_acquired_at or started_at`` (runner._budget_s, the cutoff of steps.transitions), and
+    # the first run's start may be long past. started_at is cleared rather than a replay time kept
+    # beside it: the runner stamps it again when the replay's first step begins, as for any queued
+    # deployment, so startedAt and finishedAt (cleared above) in the status API and the history
+    # describe the run a client follows now, and their difference (cleanup's "completed in") is that
+    # run's length, not the hours the deployment lay failed. The first run's times stay in its
+    # completed steps, its log lines and its dead letter (firstAttemptAt, failedAt).
+    deployment.started_at = None
     deployment.enqueued_at = None
     deployment.heartbeat_at = utcnow()
     # A replay takes a new sandbox slot when it reaches its sandbox, and records a new sandbox.
@@ -179,14 +212,45 @@ def prepare_replay(session: Session, settings: Settings, letter: DeadLetter, *, 
     if project is not None:
         project.deployment_status = ProjectStatus.PREPARING
     quota.readmit(session, settings, deployment)
-    return Replay(deployment_id, start)
+    # Closed in the transaction that queues the deployment again, whatever the publish after it
+    # does: an open letter means a failed deployment waiting for an operator, never a queued or
+    # running one. Every open letter of the deployment closes, not only this one: each recorded a
+    # failure this run supersedes (a broker's own copy of a message, say).
+    closed = _close_letters(session, deployment_id, replayed=letter.id)
+    return Replay(deployment_id, start, closed)
 
 
-def mark_replayed(session: Session, letter_id: str) -> None:
-    session.execute(
+def _close_letters(session: Session, deployment_id: str, *, replayed: str) -> tuple[str, ...]:
+    """Mark the deployment's open dead letters replayed; count a replay on ``replayed``."""
+    rows = session.execute(
         update(DeadLetter)
-        .where(DeadLetter.id == letter_id)
-        .values(replayed_at=utcnow(), replay_count=DeadLetter.replay_count + 1)
+        .where(
+            DeadLetter.deployment_id == deployment_id,
+            DeadLetter.replayed_at.is_(None),
+            DeadLetter.purged_at.is_(None),
+        )
+        .values(
+            replayed_at=utcnow(),
+            replay_count=case(
+                (DeadLetter.id == replayed, DeadLetter.replay_count + 1), else_=DeadLetter.replay_count
+            ),
+        )
+        .returning(DeadLetter.id)
+    )
+    return tuple(rows.scalars())
+
+
+def closed_among(session: Session, letter_ids: list[str]) -> set[str]:
+    """Those of ``letter_ids`` recorded here as replayed or purged (a broker may still hold a copy)."""
+    if not letter_ids:
+        return set()
+    return set(
+        session.scalars(
+            select(DeadLetter.id).where(
+                DeadLetter.id.in_(letter_ids),
+                or_(DeadLetter.replayed_at.is_not(None), DeadLetter.purged_at.is_not(None)),
+            )
+        )
     )
 
 

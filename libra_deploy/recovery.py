@@ -5,8 +5,9 @@ The database is the truth. Two periodic jobs compare it with what should be happ
 * the *outbox relay* publishes what was committed but never reached the broker: deployments whose
   publish failed at POST time (``enqueued_at`` is NULL) and dead letters not yet published;
 * the *reaper* finds deployments that stopped moving: queued ones never picked up (their message was
-  lost, say by a Redis restart without persistence), running ones whose heartbeat stopped (their
-  worker died), and failed or cancelled ones whose cleanup never ran. It publishes them again from
+  lost, say by a Redis restart without persistence), running ones and waiters in the line for a
+  sandbox slot whose heartbeat stopped (their worker died, their next ask was lost), and failed or
+  cancelled ones whose cleanup never ran. It publishes them again from
   the first step that has not completed; a step whose worker died on every attempt is given up and
   dead-lettered instead.
 
@@ -19,14 +20,21 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
 
-from sqlalchemy import and_, or_, select, update
+from sqlalchemy import and_, not_, or_, select, update
 from sqlalchemy.orm import Session
 
-from libra_deploy import dead_letters
+from libra_deploy import dead_letters, slots
 from libra_deploy.config import Settings
 from libra_deploy.db import utcnow
 from libra_deploy.errors import WorkerLost
-from libra_deploy.models import DeadLetter, Deployment, DeploymentStatus, DeploymentStep, StepStatus
+from libra_deploy.models import (
+    ACTIVE_STATUSES,
+    DeadLetter,
+    Deployment,
+    DeploymentStatus,
+    DeploymentStep,
+    StepStatus,
+)
 from libra_deploy.retries import MAX_ATTEMPTS
 from libra_deploy.steps.runner import fail_deployment, first_unfinished_step
 
@@ -80,13 +88,21 @@ def claim_stalled(session: Session, settings: Settings, now: datetime) -> Claime
     pickup = now - timedelta(seconds=settings.pickup_timeout_s)
     stale = now - timedelta(seconds=settings.heartbeat_timeout_s)
     not_recently_published = or_(Deployment.enqueued_at.is_(None), Deployment.enqueued_at < stale)
+    # A deployment waiting in the line for a sandbox slot was picked up, even while it is still
+    # queued (a replay that resumes at a step needing a slot): it is judged by its heartbeat, which
+    # each of its asks refreshes, as a running one is, and not published again every PICKUP_TIMEOUT.
+    in_line = slots.waiting()
     rows = session.scalars(
         select(Deployment)
         .where(
             or_(
-                and_(Deployment.status == DeploymentStatus.QUEUED, Deployment.enqueued_at < pickup),
                 and_(
-                    Deployment.status == DeploymentStatus.IN_PROGRESS,
+                    Deployment.status == DeploymentStatus.QUEUED,
+                    Deployment.enqueued_at < pickup,
+                    not_(in_line),
+                ),
+                and_(
+                    or_(Deployment.status == DeploymentStatus.IN_PROGRESS, in_line),
                     or_(Deployment.heartbeat_at.is_(None), Deployment.heartbeat_at < stale),
                     not_recently_published,
                 ),
@@ -106,10 +122,10 @@ def claim_stalled(session: Session, settings: Settings, now: datetime) -> Claime
     )
     for deployment in rows:
         deployment.enqueued_at = now
-        if deployment.status == DeploymentStatus.QUEUED:
+        if deployment.status == DeploymentStatus.QUEUED and not slots.is_waiting(deployment):
             start = first_unfinished_step(session, deployment.id)
             claimed.dispatches.append(Dispatch(deployment.id, start, "not picked up"))
-        elif deployment.status == DeploymentStatus.IN_PROGRESS:
+        elif deployment.status in ACTIVE_STATUSES:
             start = first_unfinished_step(session, deployment.id)
             row = next(r for r in deployment.steps if r.step == start)
             if row.status == StepStatus.IN_PROGRESS and row.attempts >= MAX_ATTEMPTS:

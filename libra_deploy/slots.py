@@ -16,11 +16,11 @@ from __future__ import annotations
 
 from datetime import datetime
 
-from sqlalchemy import ColumnElement, Select, case, func, select, text
+from sqlalchemy import ColumnElement, Select, and_, case, func, select, text
 from sqlalchemy.orm import Session
 
 from libra_deploy.config import Settings
-from libra_deploy.models import Deployment, DeploymentStatus
+from libra_deploy.models import ACTIVE_STATUSES, Deployment
 
 #: The transaction-scoped advisory lock that serialises slot grants on PostgreSQL (SQLite's
 #: BEGIN IMMEDIATE already serialises every writer).
@@ -29,9 +29,12 @@ _ADVISORY_LOCK = 0x11B2A_510
 #: each ask is a waiter's heartbeat: a waiter must not look like a deployment whose worker died.
 MAX_WAIT_S = 30.0
 
-#: A deployment in the line for a slot: running, asked for one, not given one yet.
+#: A deployment in the line for a slot: queued or running, asked for one, not given one yet.
+#: Queued too: a replay that resumes at sandbox, build or deploy asks for its slot before any of its
+#: steps has begun, and a deployment is in_progress only once a step begins (the runner), so it
+#: waits in the line as queued. (A fresh deployment asks at its sandbox step, after validate began.)
 _WAITING = (
-    Deployment.status == DeploymentStatus.IN_PROGRESS,
+    Deployment.status.in_(ACTIVE_STATUSES),
     Deployment.slot_requested_at.is_not(None),
     Deployment.slot_acquired_at.is_(None),
 )
@@ -39,6 +42,20 @@ _WAITING = (
 
 def holds_slot(deployment: Deployment) -> bool:
     return deployment.slot_acquired_at is not None and deployment.slot_released_at is None
+
+
+def waiting() -> ColumnElement[bool]:
+    """SQL: the deployment is in the line for a slot (its asks, not a step, keep its heartbeat)."""
+    return and_(*_WAITING)
+
+
+def is_waiting(deployment: Deployment) -> bool:
+    """:func:`waiting`, of a loaded deployment."""
+    return (
+        deployment.status in ACTIVE_STATUSES
+        and deployment.slot_requested_at is not None
+        and deployment.slot_acquired_at is None
+    )
 
 
 def try_acquire(session: Session, deployment: Deployment, capacity: int, now: datetime) -> int | None:

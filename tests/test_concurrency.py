@@ -8,16 +8,22 @@ import time
 import uuid
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from threading import Barrier
 from typing import Any
 
 import pytest
 import requests
-from sqlalchemy import func, select
+from sqlalchemy import func, select, update
 
+from libra_deploy import dead_letters
+from libra_deploy.db import transaction, utcnow
+from libra_deploy.errors import ProviderError
 from libra_deploy.models import Deployment, DeploymentStatus
+from libra_deploy.recovery import claim_stalled
 from libra_deploy.runtime import Runtime
-from libra_deploy.steps.runner import Outcome, run_step
+from libra_deploy.steps.runner import Outcome, fail_attempt, run_step
+from tests.fakes import FaultySandbox
 from tests.helpers import (
     deploy,
     make_tenant,
@@ -26,6 +32,7 @@ from tests.helpers import (
     service_on,
     sleeping_build,
     text_files,
+    use_sandbox_provider,
     wait_for,
     wait_for_step,
 )
@@ -240,3 +247,75 @@ def test_deployments_asking_for_the_last_slot_at_once_get_it_one_at_a_time(one_s
     ]:
         for step in steps:
             assert run_step(runtime, step, deployment_id, f"{step}-{deployment_id}-2").outcome is Outcome.RAN
+
+
+def _reaped(runtime: Runtime, deployment_id: str, **state: Any) -> tuple[str, str] | None:
+    """Where and why the reaper would publish the deployment again, were its row as ``state`` says;
+    rolled back, so the row stays as it is."""
+    with runtime.sessions() as session:
+        try:
+            session.execute(update(Deployment).where(Deployment.id == deployment_id).values(**state))
+            claimed = claim_stalled(session, runtime.settings, utcnow())
+            return next(
+                ((d.start, d.reason) for d in claimed.dispatches if d.deployment_id == deployment_id), None
+            )
+        finally:
+            session.rollback()
+
+
+def test_a_replay_waiting_for_a_slot_is_in_the_line_and_the_reaper_leaves_it_there(one_slot):
+    """A deployment replayed at its sandbox step asks for a slot before any of its steps began, so
+    it waits as queued: it is in the line all the same (woken by the hand-over, served before a
+    later arrival), and the reaper takes it for picked up while it keeps asking."""
+    runtime, _client = one_slot
+    tenant = make_tenant(runtime)
+    faulty = new_project(runtime, tenant)
+    use_sandbox_provider(runtime, faulty, "faulty")
+    replayed, holder, newcomer = (
+        queued_deployment(runtime, tenant, project_id)
+        for project_id in (faulty, new_project(runtime, tenant), new_project(runtime, tenant))
+    )
+
+    def run(deployment_id: str, *steps: str) -> list[Any]:
+        return [run_step(runtime, step, deployment_id, f"{step}-{uuid.uuid4().hex}") for step in steps]
+
+    # Dead-lettered at its sandbox step (the provider answered 503 three times), then cleaned up.
+    run(replayed, "validate", "sync")
+    FaultySandbox.fail(faulty)
+    try:
+        for _ in range(3):
+            with pytest.raises(ProviderError) as failed:
+                run(replayed, "sandbox")
+            verdict = fail_attempt(runtime, "sandbox", replayed, failed.value)
+    finally:
+        FaultySandbox.heal(faulty)
+    assert verdict.dead_letter is not None
+    run(replayed, "cleanup")
+
+    run(holder, "validate", "sync", "sandbox")
+    with transaction(runtime.sessions) as session:
+        letter = dead_letters.get(session, verdict.dead_letter.id)
+        plan = dead_letters.prepare_replay(session, runtime.settings, letter, from_start=False)
+    assert plan.start == "sandbox"
+    assert run(replayed, "sandbox")[0].outcome is Outcome.WAITING
+    run(newcomer, "validate", "sync")
+    assert run(newcomer, "sandbox")[0].outcome is Outcome.WAITING
+    assert _slots(runtime, [replayed])[replayed].status == DeploymentStatus.QUEUED
+
+    # Its message went out long ago, and it keeps asking: picked up, left alone.
+    settings = runtime.settings
+    long_ago = utcnow() - timedelta(seconds=2 * max(settings.pickup_timeout_s, settings.heartbeat_timeout_s))
+    assert _reaped(runtime, replayed, enqueued_at=long_ago) is None
+    # Its asks stopped (the retry that carries them was lost): resumed where it waits.
+    stopped = _reaped(runtime, replayed, enqueued_at=long_ago, heartbeat_at=long_ago)
+    assert stopped == ("sandbox", "heartbeat stopped")
+
+    # The slot given back is handed to it, not to the deployment that asked after it.
+    *_, cleanup = run(holder, "build", "deploy", "cleanup")
+    assert cleanup.woken == (replayed,)
+    assert run(newcomer, "sandbox")[0].outcome is Outcome.WAITING
+    assert [r.outcome for r in run(replayed, "sandbox", "build", "deploy", "cleanup")] == [Outcome.RAN] * 4
+    assert [r.outcome for r in run(newcomer, "sandbox", "build", "deploy", "cleanup")] == [Outcome.RAN] * 4
+    rows = _slots(runtime, [holder, replayed, newcomer])
+    served = sorted(rows.values(), key=lambda row: row.slot_acquired_at)
+    assert [row.id for row in served] == [holder, replayed, newcomer]

@@ -2,27 +2,40 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
 import time
 import uuid
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from datetime import timedelta
 from pathlib import Path
 
 import pytest
+from sqlalchemy import select, update
 
+from libra_deploy import dead_letters
 from libra_deploy.auth import Principal
-from libra_deploy.db import transaction
+from libra_deploy.db import transaction, utcnow
 from libra_deploy.deployments import DeployRequest, start_deployment
-from libra_deploy.models import DeadLetter, Deployment
+from libra_deploy.errors import ProviderError
+from libra_deploy.models import DeadLetter, Deployment, QuotaLedger, new_id
+from libra_deploy.runtime import Runtime
+from libra_deploy.steps import STEPS
+from libra_deploy.steps.runner import Outcome, fail_attempt, run_step
 from tasks import dead_letters as broker_dead_letters
+from tasks.recovery import publish_dead_letter
 from tests.conftest import STACK
-from tests.fakes import FaultySandbox
+from tests.fakes import FaultySandbox, GatedTarget
 from tests.helpers import (
     build_processes,
     cli,
     deploy,
+    deploy_completed,
     make_tenant,
+    queued_deployment,
     sleeping_build,
     use_sandbox_provider,
     wait_for,
@@ -179,6 +192,125 @@ def test_dlq_show_and_purge(client, worker, runtime, faulty):
     assert nothing.stdout == ""
 
 
+@pytest.fixture(scope="module")
+def roomy(settings, runtime):
+    """A runtime on the test database with room for every sandbox, for steps run in this process:
+    no slot another test still holds makes a sandbox step wait."""
+    roomy_runtime = Runtime.from_settings(dataclasses.replace(settings, max_concurrent_deployments=10_000))
+    yield roomy_runtime
+    roomy_runtime.close()
+
+
+def _dead_lettered_at_sandbox(runtime, tenant) -> tuple[str, DeadLetter]:
+    """A deployment whose sandbox provider answers 503 on each of its three attempts, as the worker
+    runs them: failed, dead-lettered (the letter on the broker too), its cleanup still to run."""
+    deployment_id = queued_deployment(runtime, tenant, files=SITE)
+    for step in ("validate", "sync"):
+        assert run_step(runtime, step, deployment_id, f"test-{step}").outcome is Outcome.RAN
+    FaultySandbox.fail(tenant.project_id)
+    for _ in range(3):
+        with pytest.raises(ProviderError) as failed:
+            run_step(runtime, "sandbox", deployment_id, "test-sandbox")
+        verdict = fail_attempt(runtime, "sandbox", deployment_id, failed.value)
+    FaultySandbox.heal(tenant.project_id)
+    assert verdict.final
+    assert verdict.dead_letter is not None
+    assert publish_dead_letter(runtime, verdict.dead_letter.id, verdict.dead_letter.message)
+    return deployment_id, verdict.dead_letter
+
+
+def _replay(runtime, letter_id: str, *, from_start: bool = False) -> dead_letters.Replay:
+    """What ``dlq replay`` commits before it publishes."""
+    with transaction(runtime.sessions) as session:
+        letter = dead_letters.get(session, letter_id)
+        return dead_letters.prepare_replay(session, runtime.settings, letter, from_start=from_start)
+
+
+def test_only_a_failed_deployment_is_replayed_and_a_replay_closes_its_letter_at_once(
+    client, worker, runtime, roomy, faulty
+):
+    deployment_id, letter = _dead_lettered_at_sandbox(roomy, faulty)
+    refused_line = f"libra-deploy: not replaying {letter.id}: deployment {deployment_id} is failed"
+
+    # Its cleanup is still on its way: run on a replayed deployment, it would complete it unbuilt.
+    early = cli("dlq", "replay", letter.id)
+    assert early.returncode == 1
+    assert early.stderr.strip().splitlines()[-1] == (
+        f"{refused_line} and its cleanup has not run yet; replay it once the cleanup has completed"
+    )
+    assert run_step(roomy, "cleanup", deployment_id, "test-cleanup").outcome is Outcome.RAN
+
+    # Queued again and closed in one transaction: the publish that follows may fail (the outbox relay
+    # publishes it then), and the letter, still on the broker, is no longer listed nor replayed.
+    plan = _replay(roomy, letter.id)
+    assert (plan.deployment_id, plan.start, plan.closed) == (deployment_id, "sandbox", (letter.id,))
+    with runtime.sessions() as session:
+        closed = session.get(DeadLetter, letter.id)
+        assert (closed.replayed_at is not None, closed.replay_count) == (True, 1)
+    assert letter.id in {envelope["id"] for envelope in broker_dead_letters.peek()}
+    assert letter.id not in {entry["id"] for entry in json.loads(cli("dlq", "list", "--json").stdout)}
+    again = cli("dlq", "replay", letter.id)
+    assert again.returncode == 1
+    assert "not in the queue" in again.stderr
+
+    # Another dead letter of the deployment that only the broker holds is refused while the
+    # deployment is queued, then while it runs: a second chain would run its steps twice at once.
+    copy = {**letter.message, "id": new_id("dl")}
+    broker_dead_letters.publish(copy)
+    try:
+        queued = cli("dlq", "replay", copy["id"])
+        assert queued.returncode == 1
+        assert queued.stderr.strip().splitlines()[-1] == (
+            f"libra-deploy: not replaying {copy['id']}: "
+            f"deployment {deployment_id} is queued; only a failed deployment can be replayed"
+        )
+        assert run_step(roomy, "sandbox", deployment_id, "replay-sandbox").outcome is Outcome.RAN
+        every = cli("dlq", "replay", "--all")
+        assert every.returncode == 1
+        assert (
+            f"libra-deploy: not replaying {copy['id']}: "
+            f"deployment {deployment_id} is in_progress; only a failed deployment can be replayed"
+        ) in every.stderr.splitlines()
+        assert letter.id not in every.stderr
+        assert deployment_id not in every.stdout.split()
+    finally:
+        broker_dead_letters.take(lambda envelope: envelope["id"] in (letter.id, copy["id"]))
+
+    # The running deployment was left as it was: its step done once, its slot held.
+    with runtime.sessions() as session:
+        deployment = session.get(Deployment, deployment_id)
+        sandbox = next(row for row in deployment.steps if row.step == "sandbox")
+        assert (deployment.status, sandbox.status, sandbox.attempts) == ("in_progress", "completed", 1)
+        assert deployment.slot_acquired_at is not None
+        assert deployment.slot_released_at is None
+    for step in ("build", "deploy", "cleanup"):
+        assert run_step(roomy, step, deployment_id, f"replay-{step}").outcome is Outcome.RAN
+    assert wait_for(client, faulty, deployment_id)["status"] == "completed"
+
+
+def test_a_replay_long_after_the_first_run_began_has_a_whole_time_budget(client, runtime, roomy, faulty):
+    deployment_id, letter = _dead_lettered_at_sandbox(roomy, faulty)
+    assert run_step(roomy, "cleanup", deployment_id, "test-cleanup").outcome is Outcome.RAN
+    # The operator replays it long after its first run began: more than MAX_DEPLOYMENT_TIMEOUT ago.
+    first_run = utcnow() - timedelta(seconds=2 * roomy.settings.deployment_timeout_s)
+    with transaction(runtime.sessions) as session:
+        session.execute(update(Deployment).where(Deployment.id == deployment_id).values(started_at=first_run))
+
+    replayed_at = utcnow()
+    _replay(roomy, letter.id, from_start=True)
+    broker_dead_letters.take(lambda envelope: envelope["id"] == letter.id)  # as dlq replay does
+
+    queued = client.get(f"/deploy-status?id={deployment_id}", headers=faulty.headers).get_json()
+    assert (queued["status"], queued["startedAt"], queued["finishedAt"]) == ("queued", None, None)
+    outcomes = [run_step(roomy, step, deployment_id, f"replay-{step}").outcome for step in STEPS]
+    assert outcomes == [Outcome.RAN] * len(STEPS)
+    status = client.get(f"/deploy-status?id={deployment_id}", headers=faulty.headers).get_json()
+    assert status["status"] == "completed", status
+    # startedAt is when the replay began to run: the run the client follows now.
+    with runtime.sessions() as session:
+        assert session.get(Deployment, deployment_id).started_at >= replayed_at
+
+
 def _wait_started(client, tenant, deployment_id: str, marker: str, timeout: float = 60) -> None:
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
@@ -246,6 +378,110 @@ def test_cancelling_a_finished_deployment_is_409_and_others_cannot_cancel(client
     other = make_tenant(runtime)
     assert client.post(f"/deployments/{deployment_id}/cancel", headers=other.headers).status_code == 404
     assert client.post(f"/deployments/{deployment_id}/cancel").status_code == 401
+
+
+@pytest.fixture(scope="module")
+def gated(settings, runtime):
+    """A runtime on the test database whose deploy target is the local one with gates
+    (tests.fakes.GatedTarget), for steps run in this process as a worker runs them."""
+    gated_runtime = Runtime.from_settings(dataclasses.replace(settings, deploy_target=GatedTarget.name))
+    yield gated_runtime
+    gated_runtime.close()
+
+
+def _run_until_deploy(runtime, deployment_id: str) -> None:
+    for step in ("validate", "sync", "sandbox", "build"):
+        assert run_step(runtime, step, deployment_id, f"test-{step}").outcome is Outcome.RAN
+
+
+def _ledger(runtime, deployment_id: str) -> Counter[str]:
+    with runtime.sessions() as session:
+        return Counter(session.scalars(select(QuotaLedger.kind).filter_by(deployment_id=deployment_id)))
+
+
+def test_a_cancel_while_the_deploy_step_publishes_wins_and_nothing_live_changes(
+    client, worker, runtime, gated, tenant
+):
+    live = deploy_completed(client, tenant, {"index.html": "<h1>v1</h1>"})
+    deployment_id = queued_deployment(gated, tenant, files={"index.html": "<h1>v2</h1>"})
+    _run_until_deploy(gated, deployment_id)
+    gate = GatedTarget.hold(tenant.project_id, "publish")
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            deploying = pool.submit(run_step, gated, "deploy", deployment_id, "test-deploy")
+            assert gate.reached.wait(30), "the deploy step never began to publish"
+            response = client.post(f"/deployments/{deployment_id}/cancel", headers=tenant.headers)
+        finally:
+            gate.open()  # the upload goes on, and the step comes to the switch of the live site
+        outcome = deploying.result(timeout=60).outcome
+
+    assert response.status_code == 202, response.get_json()
+    assert outcome is Outcome.CANCELLED
+    status = wait_for_step(client, tenant, deployment_id, "cleanup", "completed")  # the worker's
+    assert status["status"] == "cancelled"
+    assert status["steps"]["deploy"] | {"timestamp": None} == {
+        "status": "failed",
+        "attempts": 1,
+        "error": "cancelled",
+        "timestamp": None,
+    }
+    # Nothing live changed: the site, the project's live deployment and status are v1's.
+    assert gated.target.live_deployment(tenant.project_id) == live
+    assert client.get(f"/sites/{tenant.project_id}/").get_data(as_text=True) == "<h1>v1</h1>"
+    project = client.get(f"/projects/{tenant.project_id}", headers=tenant.headers).get_json()
+    assert (project["productionDeploymentId"], project["deploymentStatus"]) == (live, "deployed")
+    with runtime.sessions() as session:
+        assert session.get(Deployment, deployment_id).live_switch_at is None
+    # Its quota unit was given back; v1's is used.
+    assert _ledger(runtime, deployment_id) == Counter({"reserve": 1, "release": 1})
+    usage = client.get(f"/orgs/{tenant.org_id}/quota", headers=tenant.headers).get_json()
+    assert (usage["used"], usage["reserved"]) == (1, 0)
+
+
+def test_once_the_switch_of_the_live_site_began_a_cancel_is_409_and_the_deployment_completes(
+    client, runtime, gated, tenant
+):
+    deployment_id = queued_deployment(gated, tenant, files={"index.html": "<h1>going live</h1>"})
+    _run_until_deploy(gated, deployment_id)
+
+    def refused() -> None:
+        response = client.post(f"/deployments/{deployment_id}/cancel", headers=tenant.headers)
+        assert response.status_code == 409, response.get_json()
+        body = response.get_json()
+        assert body["error"] == "DEPLOYMENT_LIVE"
+        assert "already live or going live" in body["message"]
+
+    # The first switch fails at the target after the step took the right to it (a 503): the
+    # pointer may or may not have moved, so the deployment's retry must finish what it began.
+    GatedTarget.fail_next_activate(tenant.project_id)
+    with pytest.raises(ProviderError) as failed:
+        run_step(gated, "deploy", deployment_id, "test-deploy")
+    assert fail_attempt(gated, "deploy", deployment_id, failed.value).final is False
+    refused()
+
+    # The retry (the same task id, as Celery retries) passes its own mark; held at the switch itself.
+    gate = GatedTarget.hold(tenant.project_id, "activate")
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            deploying = pool.submit(run_step, gated, "deploy", deployment_id, "test-deploy")
+            assert gate.reached.wait(30), "the deploy step's retry never came to the switch"
+            refused()
+        finally:
+            gate.open()
+        assert deploying.result(timeout=60).outcome is Outcome.RAN
+
+    refused()  # with the cleanup to come
+    assert run_step(gated, "cleanup", deployment_id, "test-cleanup").outcome is Outcome.RAN
+
+    status = client.get(f"/deploy-status?id={deployment_id}", headers=tenant.headers).get_json()
+    assert status["status"] == "completed", status
+    assert status["steps"]["deploy"]["attempts"] == 2
+    assert client.get(f"/sites/{tenant.project_id}/").get_data(as_text=True) == "<h1>going live</h1>"
+    project = client.get(f"/projects/{tenant.project_id}", headers=tenant.headers).get_json()
+    assert (project["productionDeploymentId"], project["deploymentStatus"]) == (deployment_id, "deployed")
+    assert _ledger(runtime, deployment_id) == Counter({"reserve": 1, "consume": 1})
+    usage = client.get(f"/orgs/{tenant.org_id}/quota", headers=tenant.headers).get_json()
+    assert (usage["used"], usage["reserved"]) == (1, 0)
 
 
 def test_a_redelivered_chain_of_a_completed_deployment_changes_nothing(client, worker, runtime, tenant):
@@ -354,7 +590,32 @@ def test_a_message_the_broker_dead_letters_itself_can_be_listed_and_replayed(cli
     assert "expired" in entry["error"]["message"]
     assert (entry["deploymentId"], entry["step"]) == (deployment.id, "validate")
 
+    # The deployment is still queued (the reaper publishes again one no worker took): not replayed.
+    queued = cli("dlq", "replay", task_id)
+    assert queued.returncode == 1
+    assert queued.stderr.strip().splitlines()[-1] == (
+        f"libra-deploy: not replaying {task_id}: "
+        f"deployment {deployment.id} is queued; only a failed deployment can be replayed"
+    )
+    # It fails for good meanwhile, with a dead letter of its own; the broker's replays it from there.
+    use_sandbox_provider(runtime, tenant.project_id, "faulty")
+    for step in ("validate", "sync"):
+        assert run_step(runtime, step, deployment.id, f"test-{step}").outcome is Outcome.RAN
+    FaultySandbox.fail(tenant.project_id)
+    try:
+        for _ in range(3):
+            with pytest.raises(ProviderError) as failed:
+                run_step(runtime, "sandbox", deployment.id, "test-sandbox")
+            verdict = fail_attempt(runtime, "sandbox", deployment.id, failed.value)
+    finally:
+        FaultySandbox.heal(tenant.project_id)
+    assert verdict.dead_letter is not None
+    assert run_step(runtime, "cleanup", deployment.id, "test-cleanup").outcome is Outcome.RAN
+
     replayed = cli("dlq", "replay", task_id)
     assert replayed.returncode == 0, replayed.stderr
+    assert replayed.stdout.split() == [deployment.id]
     assert wait_for(client, tenant, deployment.id)["status"] == "completed"
-    assert task_id not in {e["id"] for e in json.loads(cli("dlq", "list", "--json").stdout)}
+    listed = {e["id"] for e in json.loads(cli("dlq", "list", "--json").stdout)}
+    # The deployment's own letter was closed with the replay: it records a failure the replay superseded.
+    assert {task_id, verdict.dead_letter.id}.isdisjoint(listed)

@@ -1,9 +1,10 @@
 """``libra-deploy dlq``: look at, replay and purge the dead-letter queue.
 
 A dead letter is a deployment step that failed for good after its retries (or whose worker died on
-every attempt). ``list`` and ``show`` do not consume anything. ``replay`` puts the deployment back in
-the queue to resume at the failed step (``--from-start``: at validate), publishes it, and only then
-acknowledges the dead-letter message. ``purge`` drops them all.
+every attempt). ``list`` and ``show`` do not consume anything. ``replay`` puts a failed deployment
+back in the queue to resume at the failed step (``--from-start``: at validate) and closes its dead
+letters in the same transaction, publishes it, and only then acknowledges the dead-letter message;
+a publish the broker refuses is left to the outbox relay. ``purge`` drops them all.
 """
 
 from __future__ import annotations
@@ -41,11 +42,16 @@ def _entries(runtime: Runtime) -> dict[str, dict[str, Any]]:
     from tasks import dead_letters as broker
 
     entries: dict[str, dict[str, Any]] = {}
+    held = broker.peek()
     with runtime.sessions() as session:
         for letter in dead_letters.pending(session):
             entries[letter.id] = {**letter.message, "deadLetteredAt": letter.created_at}
-    for envelope in broker.peek():
-        entries.setdefault(envelope["id"], {**envelope, "deadLetteredAt": None})
+        # A replay closes its letters before it takes their messages off the broker, which may be
+        # away then: such a copy is no dead letter any more.
+        closed = dead_letters.closed_among(session, [envelope["id"] for envelope in held])
+    for envelope in held:
+        if envelope["id"] not in closed:
+            entries.setdefault(envelope["id"], {**envelope, "deadLetteredAt": None})
     return entries
 
 
@@ -122,39 +128,56 @@ def replay(letter_id: str | None, replay_all: bool, from_start: bool) -> None:
         else:
             chosen = sorted(entries.values(), key=lambda e: str(e.get("failedAt") or ""))
         refused = 0
+        #: Letters closed by a replay of their deployment earlier in this run (--all).
+        closed: set[str] = set()
         for entry in chosen:
+            if entry["id"] in closed:
+                continue
             try:
-                click.echo(_replay_one(runtime, entry, from_start=from_start))
+                plan = _replay_one(runtime, entry, from_start=from_start)
             except LibraError as exc:
                 refused += 1
                 click.echo(f"libra-deploy: not replaying {entry['id']}: {exc.message}", err=True)
+                continue
+            closed.update(plan.closed)
+            click.echo(plan.deployment_id)
     if refused:
         sys.exit(1)
 
 
-def _replay_one(runtime: Runtime, envelope: dict[str, Any], *, from_start: bool) -> str:
+def _replay_one(runtime: Runtime, envelope: dict[str, Any], *, from_start: bool) -> dead_letters.Replay:
     from tasks import dead_letters as broker
     from tasks.pipeline import start_deployment
 
     with transaction(runtime.sessions) as session:
         letter = dead_letters.ingest(session, {k: v for k, v in envelope.items() if k != "deadLetteredAt"})
         plan = dead_letters.prepare_replay(session, runtime.settings, letter, from_start=from_start)
+    # Committed: the deployment is queued again and its letters are closed, whatever happens next.
     try:
         start_deployment(plan.deployment_id, plan.start)
     except Exception as exc:
-        # The deployment is queued again; the outbox relay publishes it when the broker answers.
-        raise LibraError(
-            f"the broker refused the replay of {plan.deployment_id} ({type(exc).__name__}); "
-            "it is queued and the outbox relay will publish it"
-        ) from None
-    with transaction(runtime.sessions) as session:
-        deployment = session.get(Deployment, plan.deployment_id)
-        if deployment is not None:
-            deployment.enqueued_at = utcnow()
-        dead_letters.mark_replayed(session, letter.id)
-    # Only now that the new message is out does the dead letter leave the queue.
-    broker.take(lambda e: e["id"] == letter.id)
-    return plan.deployment_id
+        # Replayed all the same: the outbox relay publishes it when the broker answers.
+        click.echo(
+            f"libra-deploy: the broker refused the replay of {plan.deployment_id} ({type(exc).__name__}); "
+            "it is queued and the outbox relay will publish it",
+            err=True,
+        )
+    else:
+        with transaction(runtime.sessions) as session:
+            deployment = session.get(Deployment, plan.deployment_id)
+            if deployment is not None:
+                deployment.enqueued_at = utcnow()
+    # Only once the deployment is queued again do its dead letters leave the broker's queue. A copy
+    # left there (the broker is away) is no longer listed: its letter is closed.
+    try:
+        broker.take(lambda e: e["id"] in plan.closed)
+    except Exception as exc:
+        click.echo(
+            f"libra-deploy: could not take {', '.join(plan.closed)} off the dead-letter queue "
+            f"({type(exc).__name__}); closed all the same",
+            err=True,
+        )
+    return plan
 
 
 @dlq.command("purge")

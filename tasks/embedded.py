@@ -7,11 +7,14 @@ import socket
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from celery.worker import WorkController, state
+from sqlalchemy import event
 
 from libra_deploy.retention import collect_garbage
 from libra_deploy.runtime import Runtime
+from libra_deploy.steps.runner import monitor
 from tasks import recovery
 from tasks.app import app
 from tasks.runtime import set_runtime
@@ -25,6 +28,7 @@ class EmbeddedWorker:
     def __init__(self, runtime: Runtime, concurrency: int | None = None) -> None:
         set_runtime(runtime)
         app.finalize()
+        self._runtime = runtime
         self._ready = threading.Event()
         self._controller = WorkController(
             app=app,
@@ -44,17 +48,30 @@ class EmbeddedWorker:
         if not self._ready.wait(timeout_s):
             raise RuntimeError(f"the embedded worker did not start within {timeout_s:.0f} s")
 
-    def stop(self, grace_s: float) -> None:
-        """Stop taking messages, let running steps finish for ``grace_s``, then stop them."""
+    def stop(self, grace_s: float) -> bool:
+        """Stop taking messages and let running steps finish for ``grace_s``; True if the worker stopped.
+
+        False when steps were still running: their work (builds) is killed and nothing more of them
+        is committed, but their threads go on. The threads pool cannot stop a running task (it
+        ignores ``should_terminate``) and the interpreter waits for its threads before it exits, so
+        the caller must then end the process with ``os._exit``. The steps are left as a crash leaves
+        them: in progress, their heartbeat stopping, and the reaper resumes them on the next start.
+        """
         state.should_stop = 0
         self._thread.join(grace_s)
-        if self._thread.is_alive():
-            logger.warning(
-                "steps still running after %.0f s; stopping them (they resume on next start)", grace_s
-            )
-            state.should_terminate = 0
-            self._thread.join(grace_s)
-        state.should_stop = state.should_terminate = None
+        if not self._thread.is_alive():
+            state.should_stop = None
+            return True
+        logger.warning("steps still running after %.0f s; stopping them (they resume on next start)", grace_s)
+        # Refuse commits first: a step would otherwise record what the kill does to it (a killed
+        # build fails for good) before the process ends. A transaction under way is rolled back.
+        event.listen(self._runtime.engine, "commit", _refuse_commit)
+        monitor(self._runtime).interrupt()
+        return False
+
+
+def _refuse_commit(_connection: Any) -> None:
+    raise RuntimeError("libra-deploy up is stopping: the steps still running are left to the reaper")
 
 
 class EmbeddedScheduler:

@@ -8,6 +8,7 @@ import socket
 import subprocess
 import threading
 import time
+import uuid
 from pathlib import Path
 
 import pytest
@@ -136,6 +137,101 @@ def test_up_deploys_stops_on_sigint_and_keeps_its_data(embedded_env):
     finally:
         code, _err = _stop(proc)
     assert code == 0
+
+
+def _drain(proc: subprocess.Popen[str]) -> list[str]:
+    """Collect what ``proc`` prints on stderr as it comes (a long run's logs would fill the pipe)."""
+    printed: list[str] = []
+    assert proc.stderr is not None
+    threading.Thread(target=lambda: printed.extend(iter(proc.stderr.readline, "")), daemon=True).start()
+    return printed
+
+
+def _banner(printed: list[str], name: str) -> str:
+    deadline = time.monotonic() + 30
+    while not any(f"{name}:" in line for line in printed):
+        assert time.monotonic() < deadline, "".join(printed)
+        time.sleep(0.1)
+    return next(line.split()[-1] for line in printed if f"{name}:" in line)
+
+
+def _status(base: str, token: str, deployment_id: str) -> dict:
+    return requests.get(
+        f"{base}/deploy-status",
+        params={"id": deployment_id},
+        headers={"Authorization": f"Bearer {token}"},
+        timeout=30,
+    ).json()
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("isolation", ["auto", "none"])
+def test_sigterm_kills_a_running_build_after_the_grace_and_the_next_start_resumes_it(embedded_env, isolation):
+    """A build that outlives the stop's grace period is killed, `up` ends without waiting for its
+    thread, and the next start resumes the deployment at its build, as after a crash. Without
+    bubblewrap (``none``), only up's own kill stops the build (no --die-with-parent)."""
+    from libra_deploy.cli.up import WORKER_STOP_GRACE_S
+    from tests.helpers import build_processes, sleeping_build, text_files
+
+    env = {**embedded_env, "SANDBOX_ISOLATION": isolation, "HEARTBEAT_TIMEOUT": "2", "REAPER_INTERVAL": "0.5"}
+    marker = f"stop-{uuid.uuid4().hex}"
+    build_s = WORKER_STOP_GRACE_S + 10
+    proc, base = _start_up(env)
+    printed = _drain(proc)
+    try:
+        token, project_id = _banner(printed, "Token"), _banner(printed, "Project")
+        files = text_files(sleeping_build(build_s, marker))
+        accepted = requests.post(
+            f"{base}/deploy",
+            json={"projectId": project_id, "initFiles": files},
+            headers={"Authorization": f"Bearer {token}"},
+            timeout=30,
+        )
+        assert accepted.status_code == 202, accepted.text
+        deployment_id = accepted.json()["deploymentId"]
+        deadline = time.monotonic() + 60
+        while not build_processes(marker):
+            assert time.monotonic() < deadline, _status(base, token, deployment_id)
+            time.sleep(0.2)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        stopping = time.monotonic()
+        code = proc.wait(timeout=build_s + 60)
+    took = time.monotonic() - stopping
+    log = "".join(printed)
+    assert code == 0, log
+    assert took < WORKER_STOP_GRACE_S + 4, f"up took {took:.1f} s to stop:\n{log}"
+    assert "steps still running" in log
+    assert log.rstrip().endswith("stopped"), log
+    # Killed with SIGKILL before "stopped" was printed: at most a moment for the kernel to end them.
+    deadline = time.monotonic() + 1
+    while build_processes(marker) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not build_processes(marker), "the build outlived libra-deploy up"
+    # Nothing of the kill was recorded: the build is still in progress, as a crash would leave it.
+    assert _embedded_row(
+        env, "SELECT status, current_step FROM deployments WHERE id = :id", id=deployment_id
+    ) == ("in_progress", "build")
+    assert _embedded_row(
+        env,
+        "SELECT status, attempts FROM deployment_steps WHERE deployment_id = :id AND step = 'build'",
+        id=deployment_id,
+    ) == ("in_progress", 1)
+
+    proc, base = _start_up(env)
+    printed = _drain(proc)
+    try:
+        deadline = time.monotonic() + build_s + 60
+        while (status := _status(base, token, deployment_id))["status"] not in ("completed", "failed"):
+            assert time.monotonic() < deadline, status
+            time.sleep(0.5)
+        assert status["status"] == "completed", status
+        assert status["steps"]["build"]["attempts"] == 2
+        assert requests.get(status["url"], timeout=30).text == f"built after {build_s} s"
+    finally:
+        proc.send_signal(signal.SIGINT)
+        code = proc.wait(timeout=60)
+    assert code == 0, "".join(printed)
 
 
 @pytest.mark.slow

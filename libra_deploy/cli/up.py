@@ -3,11 +3,14 @@
 The API (a threaded WSGI server on 127.0.0.1:$PORT) and a Celery worker (threads) share one runtime:
 SQLite at ``$LIBRA_DATA_DIR/libra.db`` and the embedded broker (kombu's SQLAlchemy transport on
 ``$LIBRA_DATA_DIR/broker.db``), which other processes with the same LIBRA_DATA_DIR reach too, so the
-operator commands work beside it. SIGINT or SIGTERM stops it cleanly; the data stays.
+operator commands work beside it. SIGINT or SIGTERM stops it: running steps get WORKER_STOP_GRACE_S
+to finish; those still running then are stopped as a crash would stop them (their builds killed,
+nothing more of them recorded) and resume at their step on the next start. The data stays.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import signal
 import sys
@@ -114,9 +117,17 @@ def up() -> None:
     click.echo("stopping...", err=True)
     server.stop()
     scheduler.stop()
-    worker.stop(WORKER_STOP_GRACE_S)
+    finished = worker.stop(WORKER_STOP_GRACE_S)
     runtime.close()
     click.echo("stopped", err=True)
+    if not finished:
+        # The pool's threads still run the interrupted steps, whose builds are dead and whose
+        # commits are refused; the interpreter would wait for them to end. End now, as a crash
+        # would: the reaper resumes those steps on the next start.
+        logging.shutdown()
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
 
 
 def _wait_healthy(base: str, stop: threading.Event, timeout_s: float = 30.0) -> None:

@@ -35,11 +35,14 @@ class Watch:
     flush_logs: Callable[[], None]
     cancelled: threading.Event = field(default_factory=threading.Event)
     callbacks: list[Callable[[], None]] = field(default_factory=list)
+    #: The process stopped the step's work without a cancel (:meth:`StepMonitor.interrupt`).
+    interrupted: bool = False
 
     def on_cancel(self, callback: Callable[[], None]) -> None:
-        """Run ``callback`` (once, from the monitor's thread) if the deployment is cancelled."""
+        """Run ``callback`` if the deployment is cancelled (from the monitor's thread) or the process
+        interrupts the step (:meth:`StepMonitor.interrupt`); it may run twice, so it must not mind."""
         self.callbacks.append(callback)
-        if self.cancelled.is_set():
+        if self.cancelled.is_set() or self.interrupted:
             callback()
 
 
@@ -50,10 +53,12 @@ class StepMonitor:
         self._watches: dict[int, Watch] = {}
         self._lock = threading.Condition()
         self._thread: threading.Thread | None = None
+        self._interrupted = False
 
     def watch(self, deployment_id: str, flush_logs: Callable[[], None]) -> Watch:
         watch = Watch(deployment_id, flush_logs)
         with self._lock:
+            watch.interrupted = self._interrupted
             self._watches[id(watch)] = watch
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(target=self._run, name="step-monitor", daemon=True)
@@ -64,6 +69,25 @@ class StepMonitor:
     def unwatch(self, watch: Watch) -> None:
         with self._lock:
             self._watches.pop(id(watch), None)
+
+    def interrupt(self) -> None:
+        """Stop the work of every step of this process as a cancel does, without cancelling them.
+
+        For a process that ends while steps run (``libra-deploy up`` stopping): what they run (a
+        build) must not outlive it, while the steps themselves are resumed after it, as after a
+        crash. A step that registers a callback later (its next command) has it run at once.
+        """
+        with self._lock:
+            self._interrupted = True
+            watches = list(self._watches.values())
+            for watch in watches:
+                watch.interrupted = True
+        for watch in watches:
+            for callback in list(watch.callbacks):
+                try:
+                    callback()
+                except Exception:
+                    logger.exception("stopping the work of %s failed", watch.deployment_id)
 
     def _run(self) -> None:
         last_beat = time.monotonic()

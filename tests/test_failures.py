@@ -21,7 +21,7 @@ from libra_deploy.auth import Principal
 from libra_deploy.db import transaction, utcnow
 from libra_deploy.deployments import DeployRequest, start_deployment
 from libra_deploy.errors import ProviderError
-from libra_deploy.models import DeadLetter, Deployment, QuotaLedger, new_id
+from libra_deploy.models import DeadLetter, Deployment, DeploymentStep, QuotaLedger, new_id
 from libra_deploy.runtime import Runtime
 from libra_deploy.steps import STEPS
 from libra_deploy.steps.runner import Outcome, fail_attempt, run_step
@@ -512,6 +512,32 @@ def test_a_duplicate_message_for_a_running_step_is_dropped(client, worker, runti
     running = client.get(f"/deploy-status?id={deployment_id}", headers=tenant.headers).get_json()
     assert running["steps"]["build"] == running["steps"]["build"] | {"status": "in_progress", "attempts": 1}
     assert running["logs"].count("build started") == 1  # one build, not two
+    client.post(f"/deployments/{deployment_id}/cancel", headers=tenant.headers)
+    wait_for_step(client, tenant, deployment_id, "cleanup", "completed")
+    assert not build_processes(marker)
+
+
+def test_a_copy_of_a_running_steps_message_with_its_own_task_id_is_dropped(client, worker, runtime, tenant):
+    # A redelivered chain carries the ids it was first published with, and a retry shares its id
+    # with the message it retries: the same id is no proof that the step's worker is gone.
+    from tasks.steps import build
+
+    marker = f"same-id-{uuid.uuid4().hex}"
+    deployment_id = deploy(client, tenant, sleeping_build(120, marker))
+    _wait_started(client, tenant, deployment_id, marker)
+    with runtime.sessions() as session:
+        task_id = session.scalars(
+            select(DeploymentStep.task_id).where(
+                DeploymentStep.deployment_id == deployment_id, DeploymentStep.step == "build"
+            )
+        ).one()
+
+    build.apply_async((deployment_id,), task_id=task_id)  # the running message's own copy
+    time.sleep(2)
+
+    running = client.get(f"/deploy-status?id={deployment_id}", headers=tenant.headers).get_json()
+    assert running["steps"]["build"] == running["steps"]["build"] | {"status": "in_progress", "attempts": 1}
+    assert running["logs"].count("build started") == 1
     client.post(f"/deployments/{deployment_id}/cancel", headers=tenant.headers)
     wait_for_step(client, tenant, deployment_id, "cleanup", "completed")
     assert not build_processes(marker)

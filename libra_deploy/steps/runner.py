@@ -22,6 +22,12 @@ progress (DUPLICATE) or completed (DONE_BY_ANOTHER) under another task id, and s
 redelivery of the message that completed the step has that step's task id: it goes on
 (ALREADY_DONE), since its worker may have died before it published the next step.
 
+A copy with the running step's own task id is dropped too while the step's heartbeat is fresh
+(DUPLICATE): the chain a redelivery goes on with carries the ids it was first published with, and
+a retry's message and the redelivered original share one, so the same id is no proof that the
+worker running the step is gone. When it is gone, its heartbeat stops, and the reaper publishes
+the step again once it is stale; a copy that comes after that runs it.
+
 On PostgreSQL, *begin* in its common case (a first attempt that runs; for the sandbox step, one
 that finds a slot free at once, counted after the slots' lock) is one statement, and
 *record* marks the step completed in one statement before the step's own writes
@@ -98,7 +104,8 @@ class Outcome(StrEnum):
     DONE_BY_ANOTHER = "done_by_another"
     #: The deployment is finished (failed, cancelled) or gone: the step did not run.
     NOT_RUNNABLE = "not_runnable"
-    #: Another worker is running this step right now (its heartbeat is fresh): this message is a copy.
+    #: A worker is running this step right now (its heartbeat is fresh): this message is a copy,
+    #: whatever its task id.
     DUPLICATE = "duplicate"
     #: No sandbox slot is free: ask again later, without counting an attempt.
     WAITING = "waiting"
@@ -390,7 +397,7 @@ def _begin(
     fresh = deployment.heartbeat_at is not None and now - deployment.heartbeat_at < timedelta(
         seconds=settings.heartbeat_timeout_s
     )
-    if row.status == StepStatus.IN_PROGRESS and row.task_id != task_id and fresh:
+    if row.status == StepStatus.IN_PROGRESS and fresh:
         return StepRun(Outcome.DUPLICATE)
     if (
         step == "cleanup"

@@ -20,8 +20,8 @@ from libra_deploy import dead_letters
 from libra_deploy.auth import Principal
 from libra_deploy.db import transaction, utcnow
 from libra_deploy.deployments import DeployRequest, start_deployment
-from libra_deploy.errors import ProviderError
-from libra_deploy.models import DeadLetter, Deployment, DeploymentStep, QuotaLedger, new_id
+from libra_deploy.errors import ProviderError, StepError
+from libra_deploy.models import DeadLetter, Deployment, DeploymentStep, Project, QuotaLedger, new_id
 from libra_deploy.runtime import Runtime
 from libra_deploy.steps import STEPS
 from libra_deploy.steps.runner import Outcome, fail_attempt, run_step
@@ -37,6 +37,7 @@ from tests.helpers import (
     make_tenant,
     queued_deployment,
     sleeping_build,
+    text_files,
     use_sandbox_provider,
     wait_for,
     wait_for_step,
@@ -515,6 +516,46 @@ def test_a_duplicate_message_for_a_running_step_is_dropped(client, worker, runti
     client.post(f"/deployments/{deployment_id}/cancel", headers=tenant.headers)
     wait_for_step(client, tenant, deployment_id, "cleanup", "completed")
     assert not build_processes(marker)
+
+
+def _queued_with_domain(runtime, tenant, domain: str, page: str) -> str:
+    principal = Principal(tenant.org_id, tenant.user_id, "test")
+    request = DeployRequest(
+        project_id=tenant.project_id, init_files=text_files({"index.html": page}), custom_domain=domain
+    )
+    with transaction(runtime.sessions) as session:
+        return start_deployment(session, runtime.settings, runtime.store, principal, request).id
+
+
+def test_a_domain_another_project_takes_during_the_upload_fails_the_step_before_the_switch(
+    client, worker, runtime, gated, tenant
+):
+    domain = f"www.{uuid.uuid4().hex[:12]}.io"
+    rival = make_tenant(runtime)
+    ours = _queued_with_domain(gated, tenant, domain, "<h1>ours</h1>")
+    theirs = _queued_with_domain(gated, rival, domain, "<h1>theirs</h1>")
+    for deployment_id in (ours, theirs):
+        _run_until_deploy(gated, deployment_id)
+    gate = GatedTarget.hold(tenant.project_id, "publish")
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            deploying = pool.submit(run_step, gated, "deploy", ours, "test-deploy")
+            assert gate.reached.wait(30), "the deploy step never began to publish"
+            # The domain was free when our deploy step began; the rival takes it meanwhile.
+            assert run_step(gated, "deploy", theirs, "test-deploy").outcome is Outcome.RAN
+        finally:
+            gate.open()
+        with pytest.raises(StepError) as refused:
+            deploying.result(timeout=60)
+
+    assert (refused.value.code, refused.value.retryable) == ("DOMAIN_TAKEN", False)
+    # Nothing of ours was switched or taken: the rival's site and domain stand.
+    assert gated.target.live_deployment(tenant.project_id) is None
+    assert gated.target.live_deployment(rival.project_id) == theirs
+    with runtime.sessions() as session:
+        assert session.get(Deployment, ours).live_switch_at is None
+        assert session.get(Project, tenant.project_id).custom_domain is None
+        assert session.get(Project, rival.project_id).custom_domain == domain
 
 
 def test_a_copy_of_a_running_steps_message_with_its_own_task_id_is_dropped(client, worker, runtime, tenant):

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
 
+from sqlalchemy import update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -57,8 +59,10 @@ def execute(ctx: StepContext) -> DeployResult:
     if target.open(project.id, deployment.id, entry) is None:
         raise StepError(f"the {target.name} target does not serve {entry} after publishing", retryable=True)
     # Cancel or switch, decided under the deployment's row lock: a cancel that came first stops the
-    # step here, with the live site as it was; once this returns, a cancel is refused (409).
-    ctx.begin_live_switch()
+    # step here, with the live site as it was; once this returns, a cancel is refused (409). The
+    # domain is taken in that transaction: another project may have taken it since the check above.
+    wanted = deployment.custom_domain
+    ctx.begin_live_switch(partial(_claim_domain, project.id, wanted) if wanted else None)
     target.activate(project.id, deployment.id)
     url = site_url(ctx.runtime.settings.public_url, project.id)
     ctx.log(
@@ -96,17 +100,19 @@ def _check_site_rules(ctx: StepContext, manifest: Manifest) -> None:
         ctx.log(f"... and {more} more warnings about site rules", "warning")
 
 
+def _claim_domain(project_id: str, domain: str, session: Session) -> None:
+    """The project takes ``domain`` before its live site switches, or the step fails DOMAIN_TAKEN
+    with nothing switched (projects.custom_domain is unique across organisations)."""
+    try:
+        session.execute(update(Project).where(Project.id == project_id).values(custom_domain=domain))
+    except IntegrityError:
+        raise StepError(domains.domain_taken(domain).message, code="DOMAIN_TAKEN") from None
+
+
 def record(session: Session, deployment: Deployment, project: Project, result: DeployResult) -> None:
+    # The custom domain was taken with the switch (_claim_domain).
     url = result.url
     deployment.url = url
     deployment.target_url = result.target_url
     project.production_deploy_url = url
     project.production_deployment_id = deployment.id
-    if deployment.custom_domain and project.custom_domain != deployment.custom_domain:
-        project.custom_domain = deployment.custom_domain
-        try:
-            session.flush()
-        except IntegrityError:
-            raise StepError(
-                domains.domain_taken(deployment.custom_domain).message, code="DOMAIN_TAKEN"
-            ) from None

@@ -208,7 +208,7 @@ class StepContext:
     def cancelled(self) -> bool:
         return self.watch.cancelled.is_set()
 
-    def begin_live_switch(self) -> None:
+    def begin_live_switch(self, claim: Callable[[Session], None] | None = None) -> None:
         """Take the right to switch the project's live site to this deployment, or stop: cancelled.
 
         A cancel and the switch are decided under the deployment's row lock, which ``cancel``
@@ -217,6 +217,8 @@ class StepContext:
         ``live_switch_at`` is committed, and from then on a cancel is refused, so that the switch
         and the deployment complete. A retry of the step after the switch began finds its own mark
         and goes on (the first time stays). Called by the deploy step right before it activates.
+        ``claim`` runs in the same transaction, for what must be taken before the switch or not
+        at all (the custom domain): an error it raises leaves nothing marked or taken.
         """
         deployment_id = self.deployment.id
         with transaction(self.runtime.sessions) as session:
@@ -229,6 +231,8 @@ class StepContext:
                     .where(Deployment.id == deployment_id, Deployment.live_switch_at.is_(None))
                     .values(live_switch_at=utcnow())
                 )
+                if claim is not None:
+                    claim(session)
                 return
         if status == DeploymentStatus.CANCELLED:
             # Seen here before the step monitor's next look: run_step records the step cancelled.

@@ -37,6 +37,8 @@ RESERVE, CONSUME, RELEASE = "reserve", "consume", "release"
 #: When an organisation has too many deployments queued or running, when to try again: about
 #: the time a small deployment takes.
 CAP_RETRY_AFTER_S = 30
+#: The largest quota organizations.deploy_quota (a 32-bit integer column) holds.
+MAX_QUOTA = 2**31 - 1
 
 
 @dataclass(frozen=True)
@@ -267,8 +269,10 @@ _SETTLE = {kind: _settle_statement(kind) for kind in (CONSUME, RELEASE)}
 
 def set_limit(session: Session, org_id: str, limit: int | None) -> Organization:
     """Set the organisation's deployments per month; None goes back to DEFAULT_DEPLOY_QUOTA."""
-    if limit is not None and limit < 0:
-        raise InvalidInput("a quota must be 0 or more deployments per month", details={"field": "limit"})
+    if limit is not None and not 0 <= limit <= MAX_QUOTA:
+        raise InvalidInput(
+            f"a quota must be from 0 to {MAX_QUOTA} deployments per month", details={"field": "limit"}
+        )
     org = session.get(Organization, org_id)
     if org is None:
         raise NotFound(f"organisation {org_id} does not exist", code="ORG_NOT_FOUND")

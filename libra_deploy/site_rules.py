@@ -298,7 +298,8 @@ def parse_redirects(text: str) -> tuple[list[RedirectRule], list[RuleWarning]]:
         source, destination = tokens[0], tokens[1]
         status = DEFAULT_REDIRECT_STATUS
         if len(tokens) == 3:
-            if not tokens[2].isdigit() or int(tokens[2]) not in REDIRECT_STATUSES:
+            # ASCII digits only: str.isdigit() also takes "²", which int() refuses.
+            if not (tokens[2].isascii() and tokens[2].isdigit()) or int(tokens[2]) not in REDIRECT_STATUSES:
                 warn(number, f"status {tokens[2]!r} is not one of 200, 301, 302, 303, 307, 308; ignored")
                 continue
             status = int(tokens[2])

@@ -333,9 +333,11 @@ def test_sessions_tokens_and_quotas_from_the_command_line(embedded_env):
     assert _embedded_row(
         embedded_env, "SELECT deploy_quota FROM organizations WHERE id = :id", id=org_id
     ) == (None,)
-    bad = run(embedded_env, "quota", "set", org_id, "lots")
-    assert bad.returncode != 0
-    assert bad.stdout == ""
+    for bad_limit in ("lots", "²", str(2**31)):
+        bad = run(embedded_env, "quota", "set", org_id, bad_limit)
+        assert bad.returncode != 0, bad_limit
+        assert bad.stdout == ""
+        assert "Traceback" not in bad.stderr, bad.stderr
 
 
 @pytest.mark.slow

@@ -21,6 +21,7 @@ from tests.helpers import deploy_completed, make_tenant
         ("/a /b 301 extra", "found 4 fields"),
         ("/a /b 404", "status '404' is not one of"),
         ("/a /b 301!", "status '301!' is not one of"),
+        ("/a /b ²", "status '²' is not one of"),
         ("no-slash /b", "must begin with '/'"),
         ("https://other.example.io/a /b", "rules for other hosts are not supported"),
         ("/a relative/b", "must begin with '/' or https://"),

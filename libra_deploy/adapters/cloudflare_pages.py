@@ -199,7 +199,8 @@ class CloudflareApi:
         error = CloudflareError(response.status_code, codes, text or response.reason or "no details")
         if error.retryable:
             retry_after = response.headers.get("Retry-After")
-            raise _Retryable(error, float(retry_after) if retry_after and retry_after.isdigit() else None)
+            seconds = retry_after if retry_after and retry_after.isascii() and retry_after.isdigit() else None
+            raise _Retryable(error, float(seconds) if seconds else None)
         raise error
 
 

@@ -127,7 +127,7 @@ def set_quota(org_id: str, limit: str) -> None:
     """Set an organisation's deployments per calendar month (a number, or 'default'); print nothing."""
     if limit == "default":
         value = None
-    elif limit.isdigit():
+    elif limit.isascii() and limit.isdigit():
         value = int(limit)
     else:
         raise click.BadParameter("must be a number of deployments, or 'default'", param_hint="LIMIT")

@@ -9,9 +9,11 @@ import subprocess
 import time
 import uuid
 from collections import Counter
-from concurrent.futures import ThreadPoolExecutor
+from collections.abc import Callable
+from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import timedelta
 from pathlib import Path
+from typing import TypeVar
 
 import pytest
 from sqlalchemy import select, update
@@ -24,7 +26,7 @@ from libra_deploy.errors import ProviderError, StepError
 from libra_deploy.models import DeadLetter, Deployment, DeploymentStep, Project, QuotaLedger, new_id
 from libra_deploy.runtime import Runtime
 from libra_deploy.steps import STEPS
-from libra_deploy.steps.runner import Outcome, fail_attempt, run_step
+from libra_deploy.steps.runner import Outcome, StepRun, fail_attempt, run_step
 from tasks import dead_letters as broker_dead_letters
 from tasks.recovery import publish_dead_letter
 from tests.conftest import STACK
@@ -44,6 +46,8 @@ from tests.helpers import (
 )
 
 pytestmark = pytest.mark.stack
+
+T = TypeVar("T")
 
 SITE = {"index.html": "<h1>resilient</h1>"}
 
@@ -400,21 +404,34 @@ def _ledger(runtime, deployment_id: str) -> Counter[str]:
         return Counter(session.scalars(select(QuotaLedger.kind).filter_by(deployment_id=deployment_id)))
 
 
+def _held_at_publish(
+    runtime, project_id: str, deployment_id: str, meanwhile: Callable[[], T]
+) -> tuple[Future[StepRun], T]:
+    """Run the deploy step in a thread, call ``meanwhile`` while its upload is held, then let it on."""
+    gate = GatedTarget.hold(project_id, "publish")
+    with ThreadPoolExecutor(1) as pool:
+        try:
+            deploying = pool.submit(run_step, runtime, "deploy", deployment_id, "test-deploy")
+            assert gate.reached.wait(30), "the deploy step never began to publish"
+            during = meanwhile()
+        finally:
+            gate.open()  # the upload goes on, and the step comes to the switch of the live site
+    return deploying, during
+
+
 def test_a_cancel_while_the_deploy_step_publishes_wins_and_nothing_live_changes(
     client, worker, runtime, gated, tenant
 ):
     live = deploy_completed(client, tenant, {"index.html": "<h1>v1</h1>"})
     deployment_id = queued_deployment(gated, tenant, files={"index.html": "<h1>v2</h1>"})
     _run_until_deploy(gated, deployment_id)
-    gate = GatedTarget.hold(tenant.project_id, "publish")
-    with ThreadPoolExecutor(1) as pool:
-        try:
-            deploying = pool.submit(run_step, gated, "deploy", deployment_id, "test-deploy")
-            assert gate.reached.wait(30), "the deploy step never began to publish"
-            response = client.post(f"/deployments/{deployment_id}/cancel", headers=tenant.headers)
-        finally:
-            gate.open()  # the upload goes on, and the step comes to the switch of the live site
-        outcome = deploying.result(timeout=60).outcome
+    deploying, response = _held_at_publish(
+        gated,
+        tenant.project_id,
+        deployment_id,
+        lambda: client.post(f"/deployments/{deployment_id}/cancel", headers=tenant.headers),
+    )
+    outcome = deploying.result(timeout=60).outcome
 
     assert response.status_code == 202, response.get_json()
     assert outcome is Outcome.CANCELLED
@@ -536,17 +553,13 @@ def test_a_domain_another_project_takes_during_the_upload_fails_the_step_before_
     theirs = _queued_with_domain(gated, rival, domain, "<h1>theirs</h1>")
     for deployment_id in (ours, theirs):
         _run_until_deploy(gated, deployment_id)
-    gate = GatedTarget.hold(tenant.project_id, "publish")
-    with ThreadPoolExecutor(1) as pool:
-        try:
-            deploying = pool.submit(run_step, gated, "deploy", ours, "test-deploy")
-            assert gate.reached.wait(30), "the deploy step never began to publish"
-            # The domain was free when our deploy step began; the rival takes it meanwhile.
-            assert run_step(gated, "deploy", theirs, "test-deploy").outcome is Outcome.RAN
-        finally:
-            gate.open()
-        with pytest.raises(StepError) as refused:
-            deploying.result(timeout=60)
+    # The domain was free when our deploy step began; the rival takes it during our upload.
+    deploying, rivals = _held_at_publish(
+        gated, tenant.project_id, ours, lambda: run_step(gated, "deploy", theirs, "test-deploy")
+    )
+    assert rivals.outcome is Outcome.RAN
+    with pytest.raises(StepError) as refused:
+        deploying.result(timeout=60)
 
     assert (refused.value.code, refused.value.retryable) == ("DOMAIN_TAKEN", False)
     # Nothing of ours was switched or taken: the rival's site and domain stand.

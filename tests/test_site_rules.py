@@ -11,6 +11,19 @@ from libra_deploy import site_rules, sites
 from libra_deploy.models import DeploymentLog
 from tests.helpers import deploy_completed, make_tenant
 
+
+def _warnings(runtime, deployment_id: str) -> list[str]:
+    """The deployment's warning lines, oldest first."""
+    with runtime.sessions() as session:
+        return list(
+            session.scalars(
+                select(DeploymentLog.message)
+                .where(DeploymentLog.deployment_id == deployment_id, DeploymentLog.level == "warning")
+                .order_by(DeploymentLog.id)
+            )
+        )
+
+
 # -- the parser ----------------------------------------------------------------------------------
 
 
@@ -257,12 +270,7 @@ def test_a_malformed_rule_file_deploys_with_warnings_in_the_log(client, runtime,
     }
     deployment_id = deploy_completed(client, tenant, files)
 
-    with runtime.sessions() as session:
-        warnings = session.scalars(
-            select(DeploymentLog.message)
-            .where(DeploymentLog.deployment_id == deployment_id, DeploymentLog.level == "warning")
-            .order_by(DeploymentLog.id)
-        ).all()
+    warnings = _warnings(runtime, deployment_id)
     assert len(warnings) == 3, warnings
     assert warnings[0].startswith("_redirects line 2: expected `source destination [status]`")
     assert warnings[1].startswith("_redirects line 3: status '999'")
@@ -312,12 +320,7 @@ def origin_site(runtime, worker, app):
 
 def test_rules_acting_on_the_origin_are_refused_with_warnings_in_the_log(runtime, origin_site):
     _project_id, deployment_id, _domain = origin_site
-    with runtime.sessions() as session:
-        warnings = session.scalars(
-            select(DeploymentLog.message)
-            .where(DeploymentLog.deployment_id == deployment_id, DeploymentLog.level == "warning")
-            .order_by(DeploymentLog.id)
-        ).all()
+    warnings = _warnings(runtime, deployment_id)
     refused = ["Set-Cookie", "Set-Cookie2", "Clear-Site-Data", "Service-Worker-Allowed"]
     refused += ["Strict-Transport-Security", "NEL", "Report-To", "Alt-Svc"]
     reason = "acts on the whole origin, not on one answer, and cannot be set or removed; ignored"

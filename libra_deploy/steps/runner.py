@@ -50,7 +50,7 @@ from enum import StrEnum
 from types import ModuleType
 from typing import Any
 
-from sqlalchemy import and_, insert, select, update
+from sqlalchemy import and_, func, insert, select, update
 from sqlalchemy.orm import Session, defer
 from sqlalchemy.orm.interfaces import LoaderOption
 
@@ -221,19 +221,22 @@ class StepContext:
         at all (the custom domain): an error it raises leaves nothing marked or taken.
         """
         deployment_id = self.deployment.id
-        with transaction(self.runtime.sessions) as session:
-            status = session.scalars(
-                select(Deployment.status).where(Deployment.id == deployment_id).with_for_update()
-            ).one_or_none()
-            if status == DeploymentStatus.IN_PROGRESS:
-                session.execute(
-                    update(Deployment)
-                    .where(Deployment.id == deployment_id, Deployment.live_switch_at.is_(None))
-                    .values(live_switch_at=utcnow())
-                )
+        # The UPDATE takes the row lock a cancel takes (and waits for one, then looks at the status
+        # again): one statement, on PostgreSQL in autocommit unless ``claim`` has work to do with it.
+        mark = (
+            update(Deployment)
+            .where(Deployment.id == deployment_id, Deployment.status == DeploymentStatus.IN_PROGRESS)
+            .values(live_switch_at=func.coalesce(Deployment.live_switch_at, utcnow()))
+            .returning(Deployment.id)
+            .execution_options(synchronize_session=False)
+        )
+        sessions = self.runtime.read_sessions if claim is None else self.runtime.sessions
+        with transaction(sessions) as session:
+            if session.execute(mark).first() is not None:
                 if claim is not None:
                     claim(session)
                 return
+            status = session.scalar(select(Deployment.status).where(Deployment.id == deployment_id))
         if status == DeploymentStatus.CANCELLED:
             # Seen here before the step monitor's next look: run_step records the step cancelled.
             self.watch.cancelled.set()

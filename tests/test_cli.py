@@ -200,7 +200,9 @@ def test_sigterm_kills_a_running_build_after_the_grace_and_the_next_start_resume
     took = time.monotonic() - stopping
     log = "".join(printed)
     assert code == 0, log
-    assert took < WORKER_STOP_GRACE_S + 4, f"up took {took:.1f} s to stop:\n{log}"
+    # The grace, the kill and the exit, not the build's remaining build_s (a bound with room for a
+    # loaded machine: this is about what up waits for, not how fast it is).
+    assert took < build_s - 4, f"up took {took:.1f} s to stop:\n{log}"
     assert "steps still running" in log
     assert log.rstrip().endswith("stopped"), log
     # Killed with SIGKILL before "stopped" was printed: at most a moment for the kernel to end them.

@@ -34,7 +34,7 @@ from libra_deploy.models import (
 )
 from libra_deploy.ports import ObjectStore, PresignedDownloads
 from libra_deploy.redact import redact_text
-from libra_deploy.sources import IncomingFile, blob_key, check_tree, decode_init_files
+from libra_deploy.sources import IncomingFile, RequestPaths, blob_key, check_tree, decode_init_files
 from libra_deploy.steps import STEPS
 from libra_deploy.steps.cleanup import log_key
 from libra_deploy.steps.deploy import deployment_url
@@ -105,7 +105,8 @@ def start_deployment(
         raise Forbidden("orgId does not match the organisation of your credentials", code="ORG_MISMATCH")
     if request.user_id is not None and request.user_id != principal.user_id:
         raise Forbidden("userId does not match the user of your credentials", code="USER_MISMATCH")
-    files = decode_init_files(request.init_files, settings)
+    paths = RequestPaths()
+    files = decode_init_files(request.init_files, settings, paths)
     history = check_history(request.history_messages, settings)
     domain = domains.normalize(request.custom_domain, settings) if request.custom_domain else None
     if rate_limit is not None:
@@ -116,7 +117,7 @@ def start_deployment(
         raise InvalidInput(f"project {project.id} is not active", code="PROJECT_INACTIVE")
     if domain is not None:
         domains.ensure_available(session, domain, project_id=project.id)
-    hashed = _hashed_files(session, settings, store, principal.org_id, request, files)
+    hashed = _hashed_files(session, settings, store, principal.org_id, request, files, paths)
 
     changes: dict[str, Any] = {
         f.path: None if f.data is None else {"sha256": f.sha256, "size": len(f.data)} for f in files
@@ -159,6 +160,7 @@ def _hashed_files(
     org_id: str,
     request: DeployRequest,
     inline: Sequence[IncomingFile],
+    paths: RequestPaths,
 ) -> list[uploads.HashedFile]:
     """Check ``files`` (by hash), and the limits of the whole request with ``initFiles``."""
     if not request.files:
@@ -169,9 +171,7 @@ def _hashed_files(
             f"the limit MAX_FILES is {settings.max_files}",
             details={"limit": "MAX_FILES", "value": settings.max_files},
         )
-    hashed = uploads.resolve_files(
-        session, store, settings, org_id, request.files, taken={f.path: f.path for f in inline}
-    )
+    hashed = uploads.resolve_files(session, store, settings, org_id, request.files, paths)
     total = sum(len(f.data) for f in inline if f.data is not None) + sum(f.size for f in hashed)
     if total > settings.max_total_bytes:
         raise PayloadTooLarge(

@@ -107,15 +107,17 @@ class IncomingFile:
         return None if self.data is None else sha256_hex(self.data)
 
 
-def decode_init_files(items: Sequence[Mapping[str, Any]], settings: Settings) -> list[IncomingFile]:
-    """Check and decode ``initFiles``: paths, encodings and the size limits."""
+def decode_init_files(
+    items: Sequence[Mapping[str, Any]], settings: Settings, seen: RequestPaths
+) -> list[IncomingFile]:
+    """Check and decode ``initFiles``: paths, encodings and the size limits. Their paths are added
+    to ``seen``, the request's paths, which its ``files`` by hash join next."""
     if len(items) > settings.max_files:
         raise PayloadTooLarge(
             f"initFiles holds {len(items)} files; the limit MAX_FILES is {settings.max_files}",
             details={"limit": "MAX_FILES", "value": settings.max_files},
         )
     files: list[IncomingFile] = []
-    seen = RequestPaths()
     total = 0
     for index, item in enumerate(items):
         field = f"initFiles[{index}]"

@@ -135,19 +135,13 @@ def resolve_files(
     settings: Settings,
     org_id: str,
     items: Sequence[Mapping[str, Any]],
-    *,
-    taken: Mapping[str, str],
+    seen: RequestPaths,
 ) -> list[HashedFile]:
     """Check the ``files`` of a deploy request: safe paths, not given twice, contents uploaded.
 
-    ``taken`` maps the paths already given in ``initFiles`` to how the client spelled them. Two
-    paths naming one file once normalised are refused by the rule ``initFiles`` follows
-    (:class:`~libra_deploy.sources.RequestPaths`), across both lists.
+    ``seen`` holds the request's paths so far (its ``initFiles``): two paths naming one file once
+    normalised are refused across both lists.
     """
-    seen = RequestPaths()
-    for path, spelled in taken.items():
-        # decode_init_files checked these against each other: none is refused here.
-        seen.add(path, spelled, field="initFiles")
     named: list[tuple[str, str]] = []
     for index, item in enumerate(items):
         field = f"files[{index}]"

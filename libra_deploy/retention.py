@@ -4,9 +4,8 @@ Per project, the newest RETENTION_KEEP deployments (of any status) are kept, and
 deployment that is live (by the database's pointer or the target's), pinned, or queued or running.
 The others expire: the target stops serving them (``DeployTarget.remove``), their full log, build
 log and build artifact leave the object store, and their row stays as the record, with
-``expired_at`` set. A project is handled under
-its row lock, which promote, rollback and pin take too, so a deployment is never made live or pinned
-while it is being removed.
+``expired_at`` set. A project is handled under its row lock, which promote, rollback and pin take
+too, so a deployment is never made live or pinned while it is being removed.
 
 Blobs (``blobs/<sha256>``) are referenced by the project's stored files and by the source, the
 request and the output of every deployment that has not expired. An unreferenced blob is not deleted

@@ -45,6 +45,14 @@ class Watch:
         if self.cancelled.is_set() or self.interrupted:
             callback()
 
+    def stop_work(self) -> None:
+        """Run every callback (what kills the step's work); one that fails does not stop the others."""
+        for callback in list(self.callbacks):
+            try:
+                callback()
+            except Exception:
+                logger.exception("stopping the work of %s failed", self.deployment_id)
+
 
 class StepMonitor:
     def __init__(self, sessions: sessionmaker[Session], heartbeat_interval_s: float) -> None:
@@ -83,11 +91,7 @@ class StepMonitor:
             for watch in watches:
                 watch.interrupted = True
         for watch in watches:
-            for callback in list(watch.callbacks):
-                try:
-                    callback()
-                except Exception:
-                    logger.exception("stopping the work of %s failed", watch.deployment_id)
+            watch.stop_work()
 
     def _run(self) -> None:
         last_beat = time.monotonic()
@@ -117,11 +121,7 @@ class StepMonitor:
                     logger.warning("could not write the log lines of %s", watch.deployment_id, exc_info=True)
                 if watch.deployment_id in cancelled and not watch.cancelled.is_set():
                     watch.cancelled.set()
-                    for callback in watch.callbacks:
-                        try:
-                            callback()
-                        except Exception:
-                            logger.exception("cancelling %s failed", watch.deployment_id)
+                    watch.stop_work()
 
     def _poll(self, deployment_ids: set[str], beat: bool) -> set[str]:
         with transaction(self._sessions) as session:

@@ -16,8 +16,7 @@ from sqlalchemy import select
 from libra_deploy import accounts
 from libra_deploy.adapters.local_store import LocalObjectStore
 from libra_deploy.adapters.local_target import LocalStaticTarget
-from libra_deploy.db import make_engine, make_sessionmaker, scan, transaction
-from libra_deploy.migrate import upgrade
+from libra_deploy.db import scan, transaction
 from libra_deploy.models import BlobCandidate, Deployment, Organization
 from libra_deploy.retention import collect_garbage
 from libra_deploy.runtime import Runtime
@@ -25,7 +24,14 @@ from libra_deploy.sources import blob_key, sha256_hex
 from libra_deploy.steps.build import artifact_key, build_log_key
 from libra_deploy.steps.cleanup import log_key
 from libra_deploy.steps.runner import Outcome, run_step
-from tests.helpers import deploy, deploy_completed, queued_deployment, wait_for, wait_for_step
+from tests.helpers import (
+    deploy,
+    deploy_completed,
+    migrated_sessions,
+    queued_deployment,
+    wait_for,
+    wait_for_step,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -283,26 +289,20 @@ def test_a_collection_without_grace_keeps_what_a_running_deployment_has_recorded
 def test_gc_reads_on_sqlite_leave_the_write_lock_to_writers(tmp_path):
     # Every SQLite transaction begins IMMEDIATE (the one write lock); gc's scans of every manifest
     # must not hold it, or the steps, the API and the heartbeats wait for them (and fail after 30 s).
-    url = f"sqlite:///{tmp_path / 'embedded.db'}"
-    upgrade(url)
-    engine = make_engine(url)
-    sessions = make_sessionmaker(engine)
     written = threading.Event()
+    with migrated_sessions(f"sqlite:///{tmp_path / 'embedded.db'}") as sessions:
 
-    def write() -> None:
-        with transaction(sessions) as session:
-            accounts.create_organization(session, "written during a scan")
-        written.set()
+        def write() -> None:
+            with transaction(sessions) as session:
+                accounts.create_organization(session, "written during a scan")
+            written.set()
 
-    try:
         with scan(sessions) as session:
             session.execute(select(Organization.id)).all()
             writer = threading.Thread(target=write)
             writer.start()
             assert written.wait(5), "the write waited for the scan to end"
         writer.join()
-    finally:
-        engine.dispose()
 
 
 def test_the_gc_command_reports_as_json(tmp_path):

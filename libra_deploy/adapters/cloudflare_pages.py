@@ -198,9 +198,11 @@ class CloudflareApi:
         text = "; ".join(f"{e.get('code')}: {e.get('message')}" for e in errors if isinstance(e, dict))
         error = CloudflareError(response.status_code, codes, text or response.reason or "no details")
         if error.retryable:
-            retry_after = response.headers.get("Retry-After")
-            seconds = retry_after if retry_after and retry_after.isascii() and retry_after.isdigit() else None
-            raise _Retryable(error, float(seconds) if seconds else None)
+            retry_after = response.headers.get("Retry-After", "")
+            # ASCII digits only: str.isdigit() also takes "²", which float() refuses.
+            raise _Retryable(
+                error, float(retry_after) if retry_after.isascii() and retry_after.isdigit() else None
+            )
         raise error
 
 

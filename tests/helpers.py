@@ -155,21 +155,32 @@ def deploy_completed(
 
 
 @contextmanager
-def custom_app(settings: Any, **overrides: Any) -> Iterator[Any]:
-    """An app on the test database whose settings differ (small limits, public status...)."""
-    from web import create_app
-
+def custom_runtime(settings: Any, **overrides: Any) -> Iterator[Runtime]:
+    """A runtime on the test database whose settings differ (room for every sandbox, a fake target...)."""
     runtime = Runtime.from_settings(dataclasses.replace(settings, **overrides))
     try:
-        app = create_app(runtime)
-        app.config["TESTING"] = True
-        yield app
+        yield runtime
     finally:
         runtime.close()
 
 
+@contextmanager
+def custom_app(settings: Any, **overrides: Any) -> Iterator[Any]:
+    """An app on the test database whose settings differ (small limits, public status...)."""
+    from web import create_app
+
+    with custom_runtime(settings, **overrides) as runtime:
+        app = create_app(runtime)
+        app.config["TESTING"] = True
+        yield app
+
+
 def queued_deployment(
-    runtime: Runtime, tenant: Tenant, project_id: str | None = None, files: dict[str, str] | None = None
+    runtime: Runtime,
+    tenant: Tenant,
+    project_id: str | None = None,
+    files: dict[str, str] | None = None,
+    custom_domain: str | None = None,
 ) -> str:
     """Record a deployment as POST /deploy does, without publishing it: it stays queued, so it
     holds a quota reservation and counts as active for as long as a test needs (or until the test
@@ -178,7 +189,9 @@ def queued_deployment(
 
     principal = Principal(tenant.org_id, tenant.user_id, "tok_test")
     request = DeployRequest(
-        project_id=project_id or tenant.project_id, init_files=text_files(files or {"a.txt": "a"})
+        project_id=project_id or tenant.project_id,
+        init_files=text_files(files or {"a.txt": "a"}),
+        custom_domain=custom_domain,
     )
     with transaction(runtime.sessions) as session:
         return start_deployment(session, runtime.settings, runtime.store, principal, request).id

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import subprocess
@@ -24,7 +23,6 @@ from libra_deploy.db import transaction, utcnow
 from libra_deploy.deployments import DeployRequest, start_deployment
 from libra_deploy.errors import ProviderError, StepError
 from libra_deploy.models import DeadLetter, Deployment, DeploymentStep, Project, QuotaLedger, new_id
-from libra_deploy.runtime import Runtime
 from libra_deploy.steps import STEPS
 from libra_deploy.steps.runner import Outcome, StepRun, fail_attempt, run_step
 from tasks import dead_letters as broker_dead_letters
@@ -34,12 +32,12 @@ from tests.fakes import FaultySandbox, GatedTarget
 from tests.helpers import (
     build_processes,
     cli,
+    custom_runtime,
     deploy,
     deploy_completed,
     make_tenant,
     queued_deployment,
     sleeping_build,
-    text_files,
     use_sandbox_provider,
     wait_for,
     wait_for_step,
@@ -201,9 +199,8 @@ def test_dlq_show_and_purge(client, worker, runtime, faulty):
 def roomy(settings, runtime):
     """A runtime on the test database with room for every sandbox, for steps run in this process:
     no slot another test still holds makes a sandbox step wait."""
-    roomy_runtime = Runtime.from_settings(dataclasses.replace(settings, max_concurrent_deployments=10_000))
-    yield roomy_runtime
-    roomy_runtime.close()
+    with custom_runtime(settings, max_concurrent_deployments=10_000) as roomy_runtime:
+        yield roomy_runtime
 
 
 def _dead_lettered_at_sandbox(runtime, tenant) -> tuple[str, DeadLetter]:
@@ -389,9 +386,8 @@ def test_cancelling_a_finished_deployment_is_409_and_others_cannot_cancel(client
 def gated(settings, runtime):
     """A runtime on the test database whose deploy target is the local one with gates
     (tests.fakes.GatedTarget), for steps run in this process as a worker runs them."""
-    gated_runtime = Runtime.from_settings(dataclasses.replace(settings, deploy_target=GatedTarget.name))
-    yield gated_runtime
-    gated_runtime.close()
+    with custom_runtime(settings, deploy_target=GatedTarget.name) as gated_runtime:
+        yield gated_runtime
 
 
 def _run_until_deploy(runtime, deployment_id: str) -> None:
@@ -535,22 +531,13 @@ def test_a_duplicate_message_for_a_running_step_is_dropped(client, worker, runti
     assert not build_processes(marker)
 
 
-def _queued_with_domain(runtime, tenant, domain: str, page: str) -> str:
-    principal = Principal(tenant.org_id, tenant.user_id, "test")
-    request = DeployRequest(
-        project_id=tenant.project_id, init_files=text_files({"index.html": page}), custom_domain=domain
-    )
-    with transaction(runtime.sessions) as session:
-        return start_deployment(session, runtime.settings, runtime.store, principal, request).id
-
-
 def test_a_domain_another_project_takes_during_the_upload_fails_the_step_before_the_switch(
     client, worker, runtime, gated, tenant
 ):
     domain = f"www.{uuid.uuid4().hex[:12]}.io"
     rival = make_tenant(runtime)
-    ours = _queued_with_domain(gated, tenant, domain, "<h1>ours</h1>")
-    theirs = _queued_with_domain(gated, rival, domain, "<h1>theirs</h1>")
+    ours = queued_deployment(gated, tenant, files={"index.html": "<h1>ours</h1>"}, custom_domain=domain)
+    theirs = queued_deployment(gated, rival, files={"index.html": "<h1>theirs</h1>"}, custom_domain=domain)
     for deployment_id in (ours, theirs):
         _run_until_deploy(gated, deployment_id)
     # The domain was free when our deploy step began; the rival takes it during our upload.
